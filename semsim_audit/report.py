@@ -1,0 +1,252 @@
+"""The privacy report as data: per-round records, the whole-run report, and the JSONL journal.
+
+Everything a user sees (console table, CSV, HTML) is a view of a :class:`PrivacyReport`.
+The JSONL journal is written one round at a time, flushed and fsynced, so a run killed at any
+moment leaves a readable report of all finished rounds; :func:`read_jsonl` tolerates a
+truncated last line.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "ReconstructionScore", "ClientAudit", "RoundRecord", "PrivacyReport", "ReportSink",
+    "JsonlSink", "LogSink", "read_jsonl", "REPORT_VERSION",
+]
+
+REPORT_VERSION = 1
+AuditStatus = Literal["ok", "failed", "skipped"]
+
+
+def _utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _mean(values: Iterable[float | None]) -> float | None:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else None
+
+
+class ReconstructionScore(BaseModel):
+    """One reconstruction matched to one original. SemSim: lower = more similar."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    original_index: int
+    semsim: float | None = None
+    recognizable: bool | None = None
+    psnr: float | None = None
+    ssim: float | None = None
+    lpips: float | None = None
+    true_label: int | None = None
+    recovered_label: int | None = None
+    identified: bool | None = None
+    original_image: str | None = None
+    reconstruction_image: str | None = None
+
+
+class ClientAudit(BaseModel):
+    """The audit of one client's update in one round."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    node_id: int
+    attack: str
+    status: AuditStatus
+    reason: str | None = None
+    seconds: float = 0.0
+    num_images: int = 0
+    local_steps: int | None = None
+    batch_size: int | None = None
+    label_accuracy: float | None = None
+    attack_loss: float | None = None
+    scores: list[ReconstructionScore] = Field(default_factory=list)
+
+    @property
+    def leakage_rate(self) -> float | None:
+        flags = [s.recognizable for s in self.scores if s.recognizable is not None]
+        return sum(flags) / len(flags) if flags else None
+
+    @property
+    def mean_semsim(self) -> float | None:
+        return _mean(s.semsim for s in self.scores)
+
+
+class RoundRecord(BaseModel):
+    """One finished round: accuracy beside leakage. Aggregates come from :meth:`summarise`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    round: int
+    accuracy: float | None = None
+    loss: float | None = None
+    clients: list[ClientAudit] = Field(default_factory=list)
+    leakage_rate: float | None = None
+    mean_semsim: float | None = None
+    mean_psnr: float | None = None
+    mean_ssim: float | None = None
+    mean_lpips: float | None = None
+    attack_seconds: float = 0.0
+    worst_client: int | None = None
+    status: Literal["ok", "partial", "failed", "not audited"] = "not audited"
+    finished_at: str = Field(default_factory=_utc_now)
+
+    def summarise(self) -> RoundRecord:
+        """Fill the round aggregates from the client audits (returns self)."""
+        scores = [s for c in self.clients if c.status == "ok" for s in c.scores]
+        flags = [s.recognizable for s in scores if s.recognizable is not None]
+        self.leakage_rate = sum(flags) / len(flags) if flags else None
+        self.mean_semsim = _mean(s.semsim for s in scores)
+        self.mean_psnr = _mean(s.psnr for s in scores)
+        self.mean_ssim = _mean(s.ssim for s in scores)
+        self.mean_lpips = _mean(s.lpips for s in scores)
+        self.attack_seconds = sum(c.seconds for c in self.clients)
+        scored = [c for c in self.clients if c.status == "ok" and c.mean_semsim is not None]
+        # The worst client leaks most: the lowest mean SemSim distance.
+        self.worst_client = min(scored, key=lambda c: c.mean_semsim).node_id if scored else None  # type: ignore[arg-type,return-value]
+        if not self.clients:
+            self.status = "not audited"
+        else:
+            ok = sum(c.status == "ok" for c in self.clients)
+            self.status = "ok" if ok == len(self.clients) else ("failed" if ok == 0 else "partial")
+        return self
+
+
+class PrivacyReport(BaseModel):
+    """The whole run: what was audited, how, with which SemSim checkpoint, and every round."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = REPORT_VERSION
+    run_id: str = Field(default_factory=lambda: datetime.now().strftime("%Y%m%d-%H%M%S"))
+    started_at: str = Field(default_factory=_utc_now)
+    attack: str = "inverting-gradients"
+    threat_model: str = "labels_recovered"
+    semsim: dict[str, Any] = Field(default_factory=dict)
+    config: dict[str, Any] = Field(default_factory=dict)
+    rounds: list[RoundRecord] = Field(default_factory=list)
+
+    @property
+    def checkpoint_kind(self) -> str:
+        return str(self.semsim.get("annotator", "unknown"))
+
+    def header(self) -> dict[str, Any]:
+        """Everything but the rounds: the first line of the JSONL journal."""
+        return self.model_dump(mode="json", exclude={"rounds"})
+
+    def add_round(self, record: RoundRecord) -> None:
+        self.rounds = [r for r in self.rounds if r.round != record.round] + [record]
+        self.rounds.sort(key=lambda r: r.round)
+
+    def worst_round(self) -> RoundRecord | None:
+        """The audited round with the highest leakage rate (ties: lowest mean SemSim)."""
+        audited = [r for r in self.rounds if r.leakage_rate is not None]
+        if not audited:
+            return None
+        return max(audited, key=lambda r: (r.leakage_rate, -(r.mean_semsim or 0.0)))
+
+
+class ReportSink(Protocol):
+    """Receives the run header once, then each finished round, then the final report."""
+
+    def start(self, report: PrivacyReport) -> None: ...
+
+    def write_round(self, record: RoundRecord) -> None: ...
+
+    def close(self, report: PrivacyReport) -> None: ...
+
+
+class JsonlSink:
+    """Appends the header and each round to a JSONL file, flushed and fsynced per line."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def _append(self, payload: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps(payload, allow_nan=False) + "\n"
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(line)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def start(self, report: PrivacyReport) -> None:
+        if self.path.exists():
+            self.path.unlink()
+        self._append({"type": "run", **report.header()})
+
+    def write_round(self, record: RoundRecord) -> None:
+        self._append({"type": "round", **record.model_dump(mode="json")})
+
+    def close(self, report: PrivacyReport) -> None:
+        """Nothing to do: every round is already on disk."""
+
+
+class LogSink:
+    """One plain line per finished round, for logs and terminals without rich."""
+
+    def __init__(self, write: Any = print) -> None:
+        self._write = write
+
+    def start(self, report: PrivacyReport) -> None:
+        self._write(f"[audit] attack={report.attack} threat_model={report.threat_model} "
+                    f"semsim={report.checkpoint_kind}")
+
+    def write_round(self, record: RoundRecord) -> None:
+        def fmt(value: float | None, spec: str) -> str:
+            return "n/a" if value is None else format(value, spec)
+
+        self._write(
+            f"[audit] round {record.round}: accuracy={fmt(record.accuracy, '.4f')} "
+            f"clients={len(record.clients)} leakage={fmt(record.leakage_rate, '.2f')} "
+            f"semsim={fmt(record.mean_semsim, '.3f')} psnr={fmt(record.mean_psnr, '.2f')} "
+            f"ssim={fmt(record.mean_ssim, '.3f')} attack_s={record.attack_seconds:.1f} "
+            f"status={record.status}"
+        )
+
+    def close(self, report: PrivacyReport) -> None:
+        worst = report.worst_round()
+        self._write(f"[audit] done: {len(report.rounds)} rounds; worst round: "
+                    f"{worst.round if worst else 'n/a'}")
+
+
+def read_jsonl(path: str | Path) -> PrivacyReport:
+    """Rebuild a report from a JSONL journal; a truncated last line (killed run) is ignored.
+
+    Raises ValueError naming the file and line when the journal is not one of ours.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"no report journal at {path}")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    report: PrivacyReport | None = None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break  # the line a killed run was writing
+            raise ValueError(f"{path}:{number}: not valid JSON") from None
+        kind = entry.pop("type", None) if isinstance(entry, dict) else None
+        if kind == "run":
+            report = PrivacyReport.model_validate(entry)
+        elif kind == "round":
+            if report is None:
+                raise ValueError(f"{path}:{number}: round before the run header")
+            report.add_round(RoundRecord.model_validate(entry))
+        else:
+            raise ValueError(f"{path}:{number}: unknown entry (expected type 'run' or 'round')")
+    if report is None:
+        raise ValueError(f"{path}: empty journal (no run header)")
+    return report
