@@ -12,7 +12,7 @@ import json
 import math
 import os
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -28,7 +28,7 @@ AuditStatus = Literal["ok", "failed", "skipped"]
 
 
 def _utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _mean(values: Iterable[float | None]) -> float | None:
