@@ -1,0 +1,147 @@
+"""`semsim-audit semsim ...`: train, evaluate, inspect and download SemSim checkpoints and data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from semsim_audit.cli.common import fail
+
+app = typer.Typer(help="Train, evaluate and inspect SemSim, the human-aligned leakage metric.",
+                  no_args_is_help=True, add_completion=False)
+console = Console()
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Option(help="annotation folder in the released layout")],
+    out: Annotated[Path, typer.Option(help="checkpoint file to write (.safetensors)")],
+    epochs: Annotated[int, typer.Option(help="training epochs (released recipe: 100)")] = 100,
+    width: Annotated[int, typer.Option(help="ResNet-18 base width (released: 64; embedding 8 x width)")] = 64,
+    batch: Annotated[int, typer.Option(help="triplets per batch")] = 64,
+    device: Annotated[str, typer.Option(help="'auto', 'cpu' or 'cuda[:N]'")] = "auto",
+    seed: Annotated[int, typer.Option(help="seed of the split, sampling and augmentation")] = 23333,
+    val_fraction: Annotated[float, typer.Option(help="fraction of identities held out for validation")] = 0.1,
+    annotator: Annotated[str, typer.Option(help="'human' or 'proxy': who labelled --data")] = "human",
+    fp16: Annotated[bool, typer.Option(help="store the weights in float16 (half the file)")] = False,
+) -> None:
+    """Train a SemSim checkpoint with the triplet loss; resumes from OUT.resume when it exists."""
+    from semsim_audit.semsim.train import TrainConfig
+    from semsim_audit.semsim.train import train as run_training
+
+    try:
+        config = TrainConfig(epochs=epochs, width=width, batch_size=batch, device=device, seed=seed,
+                             val_fraction=val_fraction, annotator=annotator,  # type: ignore[arg-type]
+                             storage_dtype="float16" if fp16 else "float32")
+        result = run_training(data, out, config)
+    except ValueError as error:
+        fail(str(error))
+    meta = result.metadata
+    console.print(f"wrote [bold]{result.path}[/]: threshold {meta.threshold:.4f}, validation AUC "
+                  f"{_number(meta.training.get('val_auc'))}, balanced accuracy "
+                  f"{_number(meta.training.get('balanced_accuracy'))} (calibrated on "
+                  f"{meta.training.get('calibrated_on')} identities)")
+
+
+@app.command("eval")
+def evaluate_command(
+    data: Annotated[Path, typer.Option(help="annotation folder in the released layout")],
+    checkpoint: Annotated[Path | None, typer.Option(help="checkpoint file (default: packaged)")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="also write the results here")] = None,
+    device: Annotated[str, typer.Option(help="'auto', 'cpu' or 'cuda[:N]'")] = "auto",
+    lpips: Annotated[bool, typer.Option(help="include LPIPS when its weights are on this machine")] = True,
+) -> None:
+    """How well SemSim, PSNR, SSIM (and LPIPS) tell recognizable reconstructions from the rest."""
+    from semsim_audit.semsim.evaluate import evaluate
+    from semsim_audit.semsim.scorer import SemSim
+
+    try:
+        results = evaluate(data, SemSim.load(checkpoint, device=device), use_lpips=lpips)
+    except ValueError as error:
+        fail(str(error))
+    print_evaluation(results)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(results, indent=2))
+        console.print(f"results written to {json_out}")
+
+
+@app.command()
+def show(
+    checkpoint: Annotated[Path | None, typer.Argument(help="checkpoint file (default: packaged)")] = None,
+) -> None:
+    """Print a checkpoint's provenance: annotator kind, data, threshold, training summary."""
+    from semsim_audit.semsim.checkpoint import load_checkpoint
+    from semsim_audit.semsim.scorer import DEFAULT_CHECKPOINT
+
+    path = checkpoint or DEFAULT_CHECKPOINT
+    try:
+        _, meta = load_checkpoint(path)
+    except ValueError as error:
+        fail(str(error))
+    table = Table(title=f"SemSim checkpoint {path.name}", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    for field in ("annotator", "data", "architecture", "width", "embedding_dim", "embedding", "threshold",
+                  "dtype", "version", "sha256"):
+        table.add_row(field, str(getattr(meta, field)))
+    for field in ("val_auc", "balanced_accuracy", "calibrated_on", "identities"):
+        if field in meta.training:
+            table.add_row(f"training.{field}", str(meta.training[field]))
+    console.print(table)
+
+
+@app.command()
+def download(
+    to: Annotated[Path, typer.Option(help="folder to unpack the archives into")],
+    what: Annotated[list[str] | None, typer.Option(
+        help="archive(s): annotations, reconstructions, cifar100-originals")] = None,
+) -> None:
+    """Fetch the released SemSim annotation archives from Google Drive (needs internet access)."""
+    from semsim_audit.semsim.download import DownloadError, download_annotations
+
+    try:
+        paths = download_annotations(to, tuple(what or ["annotations"]))
+    except (ValueError, DownloadError) as error:
+        fail(str(error))
+    for path in paths:
+        console.print(f"unpacked {path}")
+
+
+def _number(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, int | float) else "n/a"
+
+
+def print_evaluation(results: dict[str, Any]) -> None:
+    """The rich tables of an evaluation: per image, then per configuration when present."""
+    checkpoint = results["checkpoint"]
+    table = Table(title=f"Recognizable vs not: {results['pairs']} pairs ({results['recognizable']} "
+                        f"recognizable); SemSim checkpoint: {checkpoint['annotator']}, "
+                        f"width {checkpoint['width']}")
+    for column in ("metric", "AUC", "balanced acc. (threshold)", "best balanced acc.",
+                   "mean recognizable", "mean unrecognizable"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for name, row in results["per_image"].items():
+        at_threshold = (f"{row['balanced_accuracy']:.4f} (<= {row['threshold']:.3f})"
+                        if "balanced_accuracy" in row else "-")
+        table.add_row(name, _number(row["auc"]), at_threshold, _number(row["balanced_accuracy_best"]),
+                      _number(row["mean_recognizable"]), _number(row["mean_unrecognizable"]))
+    console.print(table)
+    if not results["lpips"]:
+        console.print("LPIPS: n/a (package or weights not on this machine)")
+    per_configuration = results["per_configuration"]
+    if per_configuration is None:
+        console.print("per-configuration correlation: n/a (configurations.csv absent or < 3 configurations)")
+        return
+    correlation = Table(title=f"Per configuration ({len(per_configuration['configurations'])}): correlation "
+                              f"with the human score (fraction unrecognizable)")
+    for column in ("metric", "Spearman", "Pearson", "Kendall"):
+        correlation.add_column(column, justify="left" if column == "metric" else "right")
+    for name, row in per_configuration["correlation"].items():
+        correlation.add_row(name, _number(row["spearman"]), _number(row["pearson"]), _number(row["kendall"]))
+    console.print(correlation)

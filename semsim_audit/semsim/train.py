@@ -1,0 +1,305 @@
+"""Training SemSim with a triplet loss on annotations in the released layout, then calibrating it.
+
+Triplets: anchor = an original, positive = a reconstruction of it judged recognizable, negative = one
+judged unrecognizable; an identity without unrecognizable reconstructions draws its negative from
+``others/`` (or, when that is empty, another identity's original), and an identity without
+recognizable ones uses its own original, independently augmented, as the positive. Defaults are the
+released recipe (:class:`TrainConfig`). Identities are split into training and validation; each epoch
+reports the validation AUC, and the final threshold maximises balanced accuracy on validation identities.
+
+Training is resumable: after every epoch the model and optimiser state go to ``<out>.resume`` (a
+safetensors file, never a pickle); a run started again with the same settings continues from there.
+Each epoch's randomness is seeded from (seed, epoch), so a resumed run draws what the uninterrupted
+run would have drawn.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attacks.runtime import seed_everything, select_device
+from semsim_audit.semsim.annotations import Annotations, load_image, read_annotations, split_identities
+from semsim_audit.semsim.calibration import calibrate_threshold, roc_auc
+from semsim_audit.semsim.checkpoint import (
+    CheckpointMetadata,
+    read_safetensors,
+    save_checkpoint,
+    write_safetensors,
+)
+from semsim_audit.semsim.model import SemSimNet
+
+__all__ = ["TrainConfig", "TrainResult", "ImagePool", "train", "resume_path"]
+
+
+@dataclass
+class TrainConfig:
+    """Training settings; the defaults are the released SemSim recipe."""
+
+    epochs: int = 100
+    width: int = 64
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    # The released schedule decays at epochs 37, 62 and 87 of 100; other lengths keep the proportions.
+    lr_milestones: tuple[float, ...] = (0.37, 0.62, 0.87)
+    lr_decay: float = 0.1
+    margin: float = 1.0
+    val_fraction: float = 0.1
+    seed: int = 23333
+    device: str = "auto"
+    annotator: Literal["human", "proxy"] = "human"
+    data_description: str = ""
+    storage_dtype: Literal["float32", "float16"] = "float32"
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "width", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("lr", "margin"):
+            if not float(getattr(self, name)) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.annotator not in ("human", "proxy"):
+            raise ValueError(f"annotator must be 'human' or 'proxy', got {self.annotator!r}")
+        if self.storage_dtype not in ("float32", "float16"):
+            raise ValueError(f"storage_dtype must be 'float32' or 'float16', got {self.storage_dtype!r}")
+        self.lr_milestones = tuple(float(m) for m in self.lr_milestones)
+
+    def milestone_epochs(self) -> list[int]:
+        """Epochs (0-based counts completed) after which the learning rate is multiplied by lr_decay."""
+        return sorted({max(1, round(m * self.epochs)) for m in self.lr_milestones if 0 < m < 1})
+
+    def learning_rate(self, epoch: int) -> float:
+        """Learning rate during 0-based ``epoch``."""
+        return self.lr * self.lr_decay ** sum(epoch >= m for m in self.milestone_epochs())
+
+
+@dataclass
+class TrainResult:
+    """Where the checkpoint went, its metadata, and per-epoch loss and validation AUC."""
+
+    path: Path
+    metadata: CheckpointMetadata
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class ImagePool:
+    """Every image of an annotation set, loaded once as uint8 (K, 3, 32, 32); identities as indices."""
+
+    def __init__(self, annotations: Annotations) -> None:
+        self.index: dict[Path, int] = {}
+        images: list[torch.Tensor] = []
+
+        def add(path: Path) -> int:
+            if path not in self.index:
+                self.index[path] = len(images)
+                images.append(load_image(path).mul(255).round().to(torch.uint8))
+            return self.index[path]
+
+        self.identities = [(add(ident.original), [add(p) for p in ident.recognizable],
+                            [add(p) for p in ident.unrecognizable]) for ident in annotations.identities]
+        self.others = [add(p) for p in annotations.others]
+        self.pixels = torch.stack(images)
+
+    def images(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> torch.Tensor:
+        return self.pixels[torch.as_tensor(np.asarray(indices), dtype=torch.long)].float().div(255.0)
+
+
+def resume_path(out: str | Path) -> Path:
+    """The resume-state file kept next to the output while training runs."""
+    out = Path(out)
+    return out.with_name(out.name + ".resume")
+
+
+def _epoch_triplets(pool: ImagePool, members: Sequence[int], rng: np.random.Generator) -> np.ndarray:
+    rows = []
+    for position in members:
+        original, positives, negatives = pool.identities[position]
+        for positive in positives or [original]:
+            if negatives:
+                negative = negatives[rng.integers(len(negatives))]
+            elif pool.others:
+                negative = pool.others[rng.integers(len(pool.others))]
+            else:
+                other = members[rng.integers(len(members))]
+                other = other if other != position else members[(members.index(position) + 1) % len(members)]
+                negative = pool.identities[other][0]
+            rows.append((original, positive, negative))
+    triplets = np.asarray(rows, dtype=np.int64).reshape(-1, 3)
+    return triplets[rng.permutation(len(triplets))]
+
+
+def _augment(images: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
+    """The released augmentation, per image: RandomCrop(32, padding=4) then RandomHorizontalFlip."""
+    count, _, height, width = images.shape
+    padded = F.pad(images, (padding, padding, padding, padding))
+    offsets = torch.randint(0, 2 * padding + 1, (count, 2), generator=generator)
+    flips = torch.rand(count, generator=generator) < 0.5
+    crops = [padded[i, :, top:top + height, left:left + width]
+             for i, (top, left) in enumerate(offsets.tolist())]
+    out = torch.stack(crops)
+    out[flips] = out[flips].flip(-1)
+    return out
+
+
+def _validation_pairs(pool: ImagePool, members: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    pairs, labels = [], []
+    for position in members:
+        original, positives, negatives = pool.identities[position]
+        pairs += [(original, p) for p in positives] + [(original, n) for n in negatives]
+        labels += [True] * len(positives) + [False] * len(negatives)
+    return np.asarray(pairs, dtype=np.int64).reshape(-1, 2), np.asarray(labels, dtype=bool)
+
+
+@torch.no_grad()
+def _pair_distances(model: nn.Module, pool: ImagePool, pairs: np.ndarray, device: torch.device,
+                    batch_size: int = 256) -> np.ndarray:
+    model.eval()
+    distances = []
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start:start + batch_size]
+        first = model(pool.images(chunk[:, 0]).to(device))
+        second = model(pool.images(chunk[:, 1]).to(device))
+        distances.append((first - second).norm(dim=1).cpu())
+    return torch.cat(distances).numpy() if distances else np.zeros(0)
+
+
+def _auc_or_none(distances: np.ndarray, labels: np.ndarray) -> float | None:
+    if labels.size == 0 or labels.all() or not labels.any():
+        return None
+    return roc_auc(-distances, labels)
+
+
+def _fingerprint(config: TrainConfig, annotations: Annotations) -> str:
+    settings = {k: v for k, v in asdict(config).items() if k != "device"}
+    files = sorted(str(p.relative_to(annotations.root)) for ident in annotations.identities
+                   for p in [ident.original, *ident.recognizable, *ident.unrecognizable])
+    files += sorted(str(p.relative_to(annotations.root)) for p in annotations.others)
+    blob = json.dumps({"settings": settings, "files": files}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _save_resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int,
+                 fingerprint: str, history: list[dict[str, Any]]) -> None:
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    for position, parameter in enumerate(parameters):
+        buffer = optimizer.state.get(parameter, {}).get("momentum_buffer")
+        if buffer is not None:
+            tensors[f"momentum.{position}"] = buffer
+    write_safetensors(path, tensors, {"epochs_done": epoch, "fingerprint": fingerprint, "history": history})
+
+
+def _load_resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 fingerprint: str) -> tuple[int, list[dict[str, Any]]]:
+    tensors, metadata = read_safetensors(path, what="resume state")
+    if metadata.get("fingerprint") != fingerprint:
+        raise ValueError(f"resume state {path} was made with other settings or data; delete it to start over")
+    model.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")})
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    for position, parameter in enumerate(parameters):
+        buffer = tensors.get(f"momentum.{position}")
+        if buffer is not None:
+            optimizer.state[parameter]["momentum_buffer"] = buffer.to(parameter.device)
+    return int(metadata["epochs_done"]), list(metadata.get("history", []))
+
+
+def train(data: str | Path, out: str | Path, config: TrainConfig | None = None, *,
+          progress: bool = True) -> TrainResult:
+    """Train on the annotation folder ``data``, calibrate, and write the checkpoint to ``out``."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    config = config or TrainConfig()
+    out = Path(out)
+    annotations = read_annotations(data)
+    pool = ImagePool(annotations)
+    all_pairs, all_labels = _validation_pairs(pool, range(len(pool.identities)))
+    if not all_labels.any() or all_labels.all():
+        raise ValueError(f"--data {data}: needs both recognizable and unrecognizable reconstructions to "
+                         f"calibrate a threshold")
+    train_ids, val_ids = split_identities(annotations.identities, config.val_fraction, config.seed)
+    names = {ident.name: position for position, ident in enumerate(annotations.identities)}
+    train_members = [names[i.name] for i in train_ids]
+    val_members = [names[i.name] for i in val_ids]
+    val_pairs, val_labels = _validation_pairs(pool, val_members)
+
+    device = select_device(config.device)
+    seed_everything(config.seed)
+    model = SemSimNet(width=config.width).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                nesterov=True, weight_decay=config.weight_decay)
+    loss_fn = nn.TripletMarginLoss(margin=config.margin, p=2)
+    fingerprint = _fingerprint(config, annotations)
+    state_file = resume_path(out)
+    start, history = (_load_resume(state_file, model, optimizer, fingerprint)
+                      if state_file.is_file() else (0, []))
+
+    batches_per_epoch = math.ceil(len(_epoch_triplets(pool, train_members, np.random.default_rng(0)))
+                                  / config.batch_size)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, disable=not progress, transient=False) as bar:
+        task = bar.add_task("SemSim training", total=config.epochs * batches_per_epoch,
+                            completed=start * batches_per_epoch)
+        for epoch in range(start, config.epochs):
+            rng = np.random.default_rng([config.seed, epoch])
+            generator = torch.Generator().manual_seed(config.seed * 1009 + epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = config.learning_rate(epoch)
+            model.train()
+            triplets = _epoch_triplets(pool, train_members, rng)
+            total, seen = 0.0, 0
+            for begin in range(0, len(triplets), config.batch_size):
+                chunk = triplets[begin:begin + config.batch_size]
+                images = torch.cat([_augment(pool.images(chunk[:, k]), generator) for k in range(3)])
+                anchor, positive, negative = model(images.to(device)).split(len(chunk))
+                loss = loss_fn(anchor, positive, negative)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += loss.item() * len(chunk)
+                seen += len(chunk)
+                bar.update(task, advance=1, description=f"epoch {epoch + 1}/{config.epochs} "
+                                                        f"loss {total / seen:.4f}")
+            val_auc = _auc_or_none(_pair_distances(model, pool, val_pairs, device), val_labels)
+            history.append({"epoch": epoch + 1, "loss": total / max(seen, 1), "val_auc": val_auc})
+            _save_resume(state_file, model, optimizer, epoch + 1, fingerprint, history)
+
+    if val_labels.any() and not val_labels.all():
+        calibrated_on, pairs, labels = "validation", val_pairs, val_labels
+    else:  # too few validation identities to hold both verdicts: calibrate on everything, and say so
+        calibrated_on, pairs, labels = "all", all_pairs, all_labels
+    threshold, balanced = calibrate_threshold(_pair_distances(model, pool, pairs, device), labels)
+    training = {
+        "recipe": {k: v for k, v in asdict(config).items() if k not in ("device", "data_description")},
+        "identities": {"train": len(train_members), "validation": len(val_members)},
+        "calibrated_on": calibrated_on, "balanced_accuracy": balanced,
+        "val_auc": history[-1]["val_auc"] if history else None, "history": history,
+    }
+    description = (config.data_description
+                   or f"{len(annotations.identities)} identities from {Path(data).name}")
+    metadata = save_checkpoint(out, model.cpu(), threshold=threshold, annotator=config.annotator,
+                               data=description, training=training,
+                               dtype=torch.float16 if config.storage_dtype == "float16" else torch.float32)
+    state_file.unlink(missing_ok=True)
+    return TrainResult(path=out, metadata=metadata, history=history)
