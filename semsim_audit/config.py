@@ -1,0 +1,121 @@
+"""What to audit and how: the one configuration object of a privacy audit, validated at start.
+
+A bad field fails here, when the strategy is built, with a message that names the field, never
+rounds later inside an attack.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = ["AuditConfig", "ThreatModel", "ExecutorKind"]
+
+ThreatModel = Literal["labels_recovered", "labels_known"]
+ExecutorKind = Literal["inline", "thread", "ray"]
+
+
+class AuditConfig(BaseModel):
+    """Which rounds and clients to attack, with which attack, and where the report goes.
+
+    ``every``: an int N audits rounds 1, 1+N, 1+2N, ... (round 1 always: the untrained model
+    leaks most), or an explicit list of rounds. ``clients``: an int picks that many of the
+    round's sampled clients (seeded), or a list of node ids audits those when sampled.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    attack: str = "inverting-gradients"
+    attack_config: dict[str, Any] = Field(default_factory=dict)
+    every: int | list[int] = 1
+    clients: int | list[int] = 1
+    seed: int = 0
+    threat_model: ThreatModel = "labels_recovered"
+    executor: ExecutorKind = "inline"
+    # Jobs of one round that fit one batched optimisation go to the attack together.
+    batch_jobs: bool = True
+    ray_address: str | None = None
+    ray_num_cpus: float = Field(1.0, ge=0)
+    ray_num_gpus: float | None = Field(None, ge=0)
+    out_dir: Path | None = None
+    save_images: bool = False
+    semsim_checkpoint: str | None = None
+    accuracy_key: str = "accuracy"
+    loss_key: str = "loss"
+    device: str = "auto"
+    timeout: float = Field(3600.0, gt=0)
+
+    @field_validator("attack")
+    @classmethod
+    def _known_attack(cls, value: str) -> str:
+        from attacks import ATTACKS
+
+        if value not in ATTACKS:
+            raise ValueError(f"unknown attack {value!r}; known attacks: {', '.join(sorted(ATTACKS))}")
+        return value
+
+    @field_validator("attack_config")
+    @classmethod
+    def _valid_attack_config(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from attacks import AttackConfig
+
+        try:
+            AttackConfig(**value)
+        except TypeError as error:  # an unknown keyword: say which one
+            raise ValueError(f"attack_config: {error}") from None
+        except ValueError as error:
+            raise ValueError(f"attack_config: {error}") from None
+        return value
+
+    @field_validator("every")
+    @classmethod
+    def _valid_every(cls, value: int | list[int]) -> int | list[int]:
+        if isinstance(value, int):
+            if value < 1:
+                raise ValueError(f"every must be >= 1 (audit every N-th round), got {value}")
+            return value
+        if not value or any(r < 1 for r in value):
+            raise ValueError(f"every as a list must name rounds >= 1, got {value}")
+        return sorted(set(value))
+
+    @field_validator("clients")
+    @classmethod
+    def _valid_clients(cls, value: int | list[int]) -> int | list[int]:
+        if isinstance(value, int) and value < 1:
+            raise ValueError(f"clients must be >= 1 (clients audited per round), got {value}")
+        if isinstance(value, list) and not value:
+            raise ValueError("clients as a list must name at least one node id")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _valid_device(cls, value: str) -> str:
+        from attacks.runtime import select_device
+
+        select_device(value)  # raises ValueError naming the device
+        return value
+
+    @model_validator(mode="after")
+    def _images_need_a_folder(self) -> AuditConfig:
+        if self.save_images and self.out_dir is None:
+            raise ValueError("save_images=True needs out_dir (the run folder the images go to)")
+        if self.executor != "ray" and (self.ray_address is not None):
+            raise ValueError("ray_address is only used with executor='ray'")
+        return self
+
+    def audits_round(self, server_round: int) -> bool:
+        """Whether ``server_round`` (1-based) is audited."""
+        if isinstance(self.every, int):
+            return (server_round - 1) % self.every == 0
+        return server_round in self.every
+
+    def attack_settings(self) -> Any:
+        """The validated ``attacks.AttackConfig`` (seed and device filled from this config)."""
+        from attacks import AttackConfig
+
+        settings = dict(self.attack_config)
+        settings.setdefault("seed", self.seed)
+        settings.setdefault("device", self.device)
+        return AttackConfig(**settings)

@@ -1,0 +1,127 @@
+"""A ready-made ClientApp for plain supervised training, with audit support built in.
+
+The train handler reads the server's train config (``lr``, ``local-steps``, ``batch-size``,
+``momentum``, ``weight-decay``: the keys ``AuditedStrategy`` describes to the attack), runs that
+many SGD steps on the client's partition, and calls :func:`record_batch` on every batch. The
+evaluate handler reports ``loss`` and ``accuracy`` on the client's evaluation split (its
+training data when none is given).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import Mod
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from strategies.mods import audit_mod, record_batch
+
+__all__ = ["make_client_app", "train_locally", "evaluate_model"]
+
+Partition = Dataset | tuple[Dataset, Dataset | None]
+
+
+def _batches(data: Dataset, batch_size: int, generator: torch.Generator) -> Any:
+    """Endless shuffled batches: local steps may outnumber one epoch's batches."""
+    while True:
+        yield from DataLoader(data, batch_size=batch_size, shuffle=True, generator=generator)
+
+
+def train_locally(model: nn.Module, data: Dataset, *, lr: float, local_steps: int = 1,
+                  batch_size: int = 1, momentum: float = 0.0, weight_decay: float = 0.0,
+                  seed: int = 0, device: torch.device | str = "cpu") -> tuple[float, int]:
+    """Run ``local_steps`` SGD steps; return (mean loss, distinct examples seen at most)."""
+    if len(data) == 0:  # type: ignore[arg-type]
+        raise ValueError("the client's partition is empty")
+    model.to(device).train()
+    optimiser = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    generator = torch.Generator().manual_seed(seed)
+    total = 0.0
+    batches = _batches(data, batch_size, generator)
+    for _ in range(local_steps):
+        images, labels = next(batches)
+        record_batch(images, labels)  # what the model consumes; kept only when audited
+        images, labels = images.to(device), labels.to(device)
+        optimiser.zero_grad()
+        loss = nn.functional.cross_entropy(model(images), labels)
+        loss.backward()
+        optimiser.step()
+        total += float(loss.detach())
+    return total / local_steps, min(len(data), local_steps * batch_size)  # type: ignore[arg-type]
+
+
+@torch.no_grad()
+def evaluate_model(model: nn.Module, data: Dataset, *, batch_size: int = 64,
+                   device: torch.device | str = "cpu") -> tuple[float, float]:
+    """(mean cross-entropy loss, accuracy) of ``model`` on ``data``."""
+    model.to(device).eval()
+    loss, correct, count = 0.0, 0, 0
+    for images, labels in DataLoader(data, batch_size=batch_size):
+        images, labels = images.to(device), labels.to(device)
+        logits = model(images)
+        loss += float(nn.functional.cross_entropy(logits, labels, reduction="sum"))
+        correct += int((logits.argmax(dim=1) == labels).sum())
+        count += int(labels.shape[0])
+    if count == 0:
+        raise ValueError("cannot evaluate on an empty dataset")
+    return loss / count, correct / count
+
+
+def _split(partition: Partition) -> tuple[Dataset, Dataset]:
+    if isinstance(partition, tuple):
+        train, evaluation = partition
+        return train, evaluation if evaluation is not None else train
+    return partition, partition
+
+
+def make_client_app(model_fn: Callable[[], nn.Module], load_partition: Callable[[Context], Partition], *,
+                    mods: Sequence[Mod] = (), audit: bool = True, device: str = "cpu") -> ClientApp:
+    """A ClientApp training ``model_fn()`` on ``load_partition(context)`` (a dataset, or (train, eval)).
+
+    ``mods`` (e.g. defenses) run inside ``audit_mod``, which is added first (outermost) unless
+    ``audit=False``; see :mod:`strategies.mods` for why.
+    """
+    app = ClientApp(mods=[audit_mod, *mods] if audit else list(mods))
+
+    def load_model(msg: Message) -> tuple[nn.Module, str]:
+        record_key, arrays = next(iter(msg.content.array_records.items()))
+        model = model_fn()
+        model.load_state_dict(arrays.to_torch_state_dict())
+        return model, record_key
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        model, record_key = load_model(msg)
+        config: dict[str, Any] = {}
+        for record in msg.content.config_records.values():
+            config.update(record.items())
+        server_round = int(config.get("server-round", 0))
+        node = int(context.node_config.get("partition-id", context.node_id))  # type: ignore[arg-type]
+        seed = int(context.run_config.get("seed", 0)) * 1_000_003 + server_round * 997 + node
+        train_data, _ = _split(load_partition(context))
+        loss, examples = train_locally(
+            model, train_data, lr=float(config.get("lr", 0.01)),
+            local_steps=int(config.get("local-steps", 1)), batch_size=int(config.get("batch-size", 1)),
+            momentum=float(config.get("momentum", 0.0)),
+            weight_decay=float(config.get("weight-decay", 0.0)), seed=seed, device=device)
+        model.to("cpu")
+        content = RecordDict({
+            record_key: ArrayRecord(model.state_dict()),
+            "metrics": MetricRecord({"train_loss": loss, "num-examples": examples}),
+        })
+        return Message(content=content, reply_to=msg)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        model, _ = load_model(msg)
+        _, eval_data = _split(load_partition(context))
+        loss, accuracy = evaluate_model(model, eval_data, device=device)
+        metrics = MetricRecord({"loss": loss, "accuracy": accuracy, "num-examples": len(eval_data)})  # type: ignore[arg-type]
+        return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+
+    return app

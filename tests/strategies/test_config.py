@@ -1,0 +1,61 @@
+"""AuditConfig: bad configuration fails at construction, naming the field."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from semsim_audit.config import AuditConfig
+
+
+def test_defaults_audit_every_round_one_client() -> None:
+    config = AuditConfig()
+    assert config.attack == "inverting-gradients"
+    assert [config.audits_round(r) for r in (1, 2, 3)] == [True, True, True]
+
+
+def test_every_n_audits_round_one_then_every_nth() -> None:
+    config = AuditConfig(every=3)
+    assert [r for r in range(1, 10) if config.audits_round(r)] == [1, 4, 7]
+
+
+def test_every_as_list_names_the_rounds() -> None:
+    config = AuditConfig(every=[5, 2, 2])
+    assert config.every == [2, 5]
+    assert [r for r in range(1, 7) if config.audits_round(r)] == [2, 5]
+
+
+@pytest.mark.parametrize(("fields", "named"), [
+    ({"attack": "no-such-attack"}, "attack"),
+    ({"attack_config": {"iterations": 0}}, "iterations"),
+    ({"attack_config": {"no_such_knob": 1}}, "no_such_knob"),
+    ({"every": 0}, "every"),
+    ({"every": []}, "every"),
+    ({"clients": 0}, "clients"),
+    ({"clients": []}, "clients"),
+    ({"threat_model": "omniscient"}, "threat_model"),
+    ({"executor": "cluster"}, "executor"),
+    ({"save_images": True}, "out_dir"),
+    ({"device": "tpu"}, "device"),
+    ({"timeout": 0}, "timeout"),
+    ({"surprise": 1}, "surprise"),
+])
+def test_bad_field_fails_at_start_naming_it(fields: dict, named: str) -> None:
+    with pytest.raises(ValidationError) as error:
+        AuditConfig(**fields)
+    assert named in str(error.value)
+
+
+def test_validation_error_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="attack"):
+        AuditConfig(attack="nope")
+
+
+def test_attack_settings_carry_seed_and_device() -> None:
+    settings = AuditConfig(attack_config={"iterations": 7}, seed=3, device="cpu").attack_settings()
+    assert (settings.iterations, settings.seed, settings.device) == (7, 3, "cpu")
+
+
+def test_config_round_trips_through_json(tmp_path) -> None:
+    config = AuditConfig(attack="idlg", every=[1, 3], clients=[7, 9], out_dir=tmp_path, save_images=True)
+    assert AuditConfig.model_validate_json(config.model_dump_json()) == config
