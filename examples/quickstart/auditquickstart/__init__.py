@@ -1,0 +1,1 @@
+"""A Flower app whose FedAvg server attacks and scores every audited client's update."""

@@ -1,0 +1,328 @@
+"""`semsim-audit demo`, `report` and `attack`: run an audited simulation, re-render a run, attack a sample.
+
+Flower is imported only inside :func:`demo` (the one command that runs a simulation), so every
+other command, and ``--help``, starts without it.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from semsim_audit.cli.common import fail
+from semsim_audit.report import ClientAudit, PrivacyReport, RoundRecord, read_jsonl
+
+__all__ = ["demo", "report", "attack", "register"]
+
+
+def _at_least(value: int | float, minimum: int | float, option: str) -> None:
+    if value < minimum:
+        fail(f"{option} must be >= {minimum}, got {value}")
+
+
+def _print_path(console: Console, label: str, path: Path) -> None:
+    """One line, never wrapped inside the path, so it can be copied from the terminal."""
+    console.print(f"{label}: [bold]{escape(str(path))}[/]", soft_wrap=True, highlight=False)
+
+
+def _load_report(path: Path) -> tuple[PrivacyReport, Path]:
+    """The report in ``path`` (a run folder, a report.jsonl or a report.json) and its run folder."""
+    from pydantic import ValidationError
+
+    if path.is_dir():
+        run_dir = path
+        journal, whole = path / "report.jsonl", path / "report.json"
+        if journal.is_file():
+            path = journal
+        elif whole.is_file():
+            path = whole
+        else:
+            fail(f"{run_dir} holds neither report.jsonl nor report.json (is it a run folder?)")
+    elif not path.is_file():
+        fail(f"no such file or folder: {path}")
+    run_dir = path.parent
+    try:
+        if path.suffix == ".json":
+            return PrivacyReport.model_validate_json(path.read_text(encoding="utf-8")), run_dir
+        return read_jsonl(path), run_dir
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        fail(f"{path}: not a semsim-audit report ({where}: {first['msg']})")
+    except UnicodeDecodeError:  # before ValueError, its base class
+        fail(f"{path}: not a text file")
+    except ValueError as error:  # read_jsonl names the file and line itself
+        fail(str(error))
+
+
+def report(
+    path: Annotated[Path, typer.Argument(help="A run folder, or its report.jsonl / report.json.")],
+    out: Annotated[Path | None, typer.Option(
+        help="Folder for the rendered files (default: the run folder itself).")] = None,
+    svg: Annotated[bool, typer.Option(help="Also export the console view as console.svg.")] = True,
+) -> None:
+    """Re-render the console table, report.html, CSV, JSON and plots of a run (also a killed one)."""
+    from semsim_audit.views import render_report, render_run
+
+    loaded, run_dir = _load_report(path)
+    console = Console()
+    render_report(loaded, console)
+    target = out or run_dir
+    try:
+        if out is not None:
+            _copy_images(loaded, run_dir, out)
+        files = render_run(loaded, target, svg=svg)
+    except OSError as error:
+        fail(f"cannot write the report into {target}: {error.strerror or error}")
+    _print_path(console, "report", files.html)
+
+
+def _copy_images(report: PrivacyReport, run_dir: Path, out: Path) -> None:
+    """Copy the saved images a report references, so a report rendered elsewhere still finds them."""
+    import shutil
+
+    from semsim_audit.views.files import saved_image
+
+    for record in report.rounds:
+        for audit in record.clients:
+            for score in audit.scores:
+                for relative in (score.original_image, score.reconstruction_image):
+                    source = saved_image(run_dir, relative)
+                    if source is not None:
+                        target = out / source.relative_to(run_dir.resolve())
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        shutil.copy2(source, target)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `demo`, `report` and `attack` to the `semsim-audit` app."""
+    for command in (demo, report, attack):
+        app.command()(command)
+
+
+def demo(
+    dataset: Annotated[str, typer.Option(help="Dataset the clients hold (see `info`).")] = "photos",
+    model: Annotated[str, typer.Option(help="Victim model: lenet, convnet or resnet18.")] = "lenet",
+    uniform_init: Annotated[bool, typer.Option(
+        help="LeNet only: DLG's uniform(-0.5, 0.5) weights, the setting of the DLG paper.")] = True,
+    attack_name: Annotated[str, typer.Option("--attack", help="Attack from the registry.")] = (
+        "inverting-gradients"),
+    rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 3,
+    clients: Annotated[int, typer.Option(help="Simulated clients (all train every round).")] = 4,
+    audited: Annotated[int, typer.Option(help="Clients attacked per round.")] = 2,
+    iterations: Annotated[int, typer.Option(help="Optimisation steps of each attack.")] = 300,
+    local_steps: Annotated[int, typer.Option(help="Local SGD steps per round (1 = FedSGD).")] = 1,
+    batch_size: Annotated[int, typer.Option(help="Local batch size: images each attack must recover.")] = 1,
+    lr: Annotated[float, typer.Option(help="Local learning rate.")] = 0.01,
+    device: Annotated[str, typer.Option(help="Where attacks run: auto, cpu or cuda[:N].")] = "auto",
+    out: Annotated[Path, typer.Option(help="Folder that receives one run folder per run.")] = Path("runs"),
+    images: Annotated[bool, typer.Option(help="Save originals and reconstructions (grids, HTML).")] = True,
+    seed: Annotated[int, typer.Option(help="Seed of data split, model and attacks.")] = 0,
+    semsim_checkpoint: Annotated[Path | None, typer.Option(
+        "--semsim", help="SemSim checkpoint file (default: the one shipped in the package).")] = None,
+) -> None:
+    """The main job: a real Flower simulation whose clients' updates are attacked and scored, live."""
+    for value, minimum, option in ((rounds, 1, "--rounds"), (clients, 1, "--clients"),
+                                   (audited, 1, "--audited"), (iterations, 1, "--iterations"),
+                                   (local_steps, 1, "--local-steps"), (batch_size, 1, "--batch-size"),
+                                   (seed, 0, "--seed")):
+        _at_least(value, minimum, option)
+    if audited > clients:
+        fail(f"--audited {audited} is more than --clients {clients}")
+    if not (lr > 0 and lr < float("inf")):
+        fail(f"--lr must be a positive number, got {lr}")
+    name = _attack_name_or_fail(attack_name)
+    torch_device = _device_or_fail(device)
+    if semsim_checkpoint is not None and not semsim_checkpoint.is_file():
+        fail(f"--semsim: no checkpoint file at {semsim_checkpoint}")
+    _model_name_or_fail(model)
+    if out.exists() and not out.is_dir():
+        fail(f"--out: {out} exists and is not a folder")
+    data = _dataset_or_fail(dataset)
+    model_options = {"uniform_init": True} if model == "lenet" and uniform_init else {}
+    _model_or_fail(model, data.spec, model_options)
+    per_client = len(data) // clients
+    if per_client < batch_size:
+        fail(f"--clients {clients} leave {per_client} image(s) per client, "
+             f"fewer than --batch-size {batch_size}")
+
+    from semsim_audit.config import AuditConfig
+    from semsim_audit.views import ConsoleSink, RunFolderSink, new_run_dir
+
+    try:
+        run_dir = new_run_dir(out)
+    except OSError as error:
+        fail(f"--out: cannot create a run folder under {out}: {error.strerror or error}")
+    audit = AuditConfig(attack=name, attack_config={"iterations": iterations}, clients=audited,
+                        seed=seed, out_dir=run_dir, save_images=images, device=str(torch_device),
+                        semsim_checkpoint=str(semsim_checkpoint) if semsim_checkpoint else None)
+
+    # Flower (and Ray) load only here: every other command starts without them.
+    from strategies.simulation import run_audited_simulation
+
+    console = Console()
+    console.print(f"[bold]semsim-audit demo[/]: {clients} clients x {rounds} rounds of FedAvg on {dataset!r} "
+                  f"({model}), {name} ({iterations} iterations) on {audited} client(s) a round, "
+                  f"device {torch_device}")
+    _print_path(console, "run folder", run_dir)
+    views = RunFolderSink(run_dir)
+    started = time.monotonic()
+    try:
+        run_audited_simulation(
+            dataset=dataset, model=model, model_options=model_options, num_clients=clients, rounds=rounds,
+            local_steps=local_steps, batch_size=batch_size, lr=lr, seed=seed, audit=audit,
+            sinks=[ConsoleSink(console, total_rounds=rounds), views])
+    except ValueError as error:
+        fail(str(error))
+    seconds = time.monotonic() - started
+    if views.files is None:
+        fail(f"the simulation ended without a report; partial results (if any) are in {run_dir}")
+    console.print(f"finished in {seconds:.0f} s; rounds.csv, report.json, plots/ and console.svg are in the "
+                  "run folder. Open the report:")
+    _print_path(console, "report", views.files.html)
+
+
+def _dataset_or_fail(name: str, train: bool = True) -> Any:
+    from semsim_audit.data import load_dataset
+
+    try:
+        return load_dataset(name, train=train)
+    except ValueError as error:  # unknown name, or files missing (DatasetUnavailable)
+        fail(f"--dataset: {error}")
+
+
+def _model_name_or_fail(name: str) -> None:
+    from semsim_audit.models import MODELS
+
+    if name not in MODELS:
+        fail(f"--model: unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
+
+
+def _model_or_fail(name: str, spec: Any, options: dict[str, Any] | None = None) -> Any:
+    from semsim_audit.models import model_for
+
+    try:
+        return model_for(name, spec, **(options or {}))
+    except ValueError as error:
+        fail(f"--model: {error}")
+
+
+def _device_or_fail(device: str) -> Any:
+    from attacks.runtime import select_device
+
+    try:
+        return select_device(device)
+    except ValueError as error:
+        fail(f"--device: {error}")
+
+
+def _attack_name_or_fail(name: str) -> str:
+    from attacks import ATTACKS
+
+    if name not in ATTACKS:
+        fail(f"--attack: unknown attack {name!r}; known attacks: {', '.join(sorted(ATTACKS))}")
+    return name
+
+
+def _scores_table(audit: ClientAudit) -> Table:
+    table = Table(title=f"{audit.attack}: {audit.num_images} image(s), {audit.seconds:.1f} s",
+                  title_justify="left", header_style="bold", box=box.SIMPLE_HEAD)
+    for header in ("original", "SemSim", "recognizable", "PSNR", "SSIM", "LPIPS", "label", "recovered"):
+        table.add_column(header, justify="right")
+
+    def num(value: float | None, spec: str) -> str:
+        return "n/a" if value is None else format(value, spec)
+
+    for score in audit.scores:
+        table.add_row(str(score.original_index), num(score.semsim, ".3f"),
+                      {True: "[bold red]yes[/]", False: "no", None: "n/a"}[score.recognizable],
+                      num(score.psnr, ".1f"), num(score.ssim, ".3f"), num(score.lpips, ".3f"),
+                      str(score.true_label), str(score.recovered_label))
+    return table
+
+
+def attack(
+    dataset: Annotated[str, typer.Option(help="Dataset to take the sample from (see `info`).")] = "photos",
+    model: Annotated[str, typer.Option(help="Victim model: lenet, convnet or resnet18.")] = "lenet",
+    attack_name: Annotated[str, typer.Option("--attack", help="Attack from the registry.")] = (
+        "inverting-gradients"),
+    samples: Annotated[int, typer.Option(help="Images in the attacked batch (the client's batch size).")] = 1,
+    index: Annotated[int, typer.Option(help="Index of the first image of the batch in the dataset.")] = 0,
+    iterations: Annotated[int, typer.Option(help="Optimisation steps of the attack.")] = 300,
+    restarts: Annotated[int, typer.Option(help="Independent restarts; the best match is kept.")] = 1,
+    labels_known: Annotated[bool, typer.Option(
+        help="Give the attacker the true labels (stronger threat model).")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
+    seed: Annotated[int, typer.Option(help="Seed of the victim model's weights and the attack.")] = 0,
+    semsim_checkpoint: Annotated[Path | None, typer.Option(
+        "--semsim", help="SemSim checkpoint file (default: the one shipped in the package).")] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="Also write a run folder (images, report.html) under this folder.")] = None,
+) -> None:
+    """Attack one batch of a dataset outside Flower (FedSGD gradient) and print its scores."""
+    _at_least(samples, 1, "--samples")
+    _at_least(index, 0, "--index")
+    _at_least(iterations, 1, "--iterations")
+    _at_least(restarts, 1, "--restarts")
+    _at_least(seed, 0, "--seed")
+    name = _attack_name_or_fail(attack_name)
+    torch_device = _device_or_fail(device)
+    if semsim_checkpoint is not None and not semsim_checkpoint.is_file():
+        fail(f"--semsim: no checkpoint file at {semsim_checkpoint}")
+    data = _dataset_or_fail(dataset)
+    if index + samples > len(data):
+        fail(f"--index {index} + --samples {samples} runs past the {len(data)} images of {dataset!r}")
+
+    import torch
+
+    from attacks import AttackConfig, Observation, run_attack, seed_everything
+    from semsim_audit.scoring import score_client
+    from semsim_audit.semsim import SemSim
+    from semsim_audit.views import new_run_dir, render_run
+
+    seed_everything(seed)
+    victim = _model_or_fail(model, data.spec)
+    batch = [data[i] for i in range(index, index + samples)]
+    inputs = torch.stack([image for image, _ in batch])
+    labels = torch.tensor([label for _, label in batch], dtype=torch.long)
+    loss = torch.nn.functional.cross_entropy(victim(inputs), labels)
+    gradients = torch.autograd.grad(loss, [p for p in victim.parameters()])
+    observation = Observation.from_gradients(victim, gradients, data.spec, num_samples=samples,
+                                             labels=labels if labels_known else None)
+    console = Console()
+    try:
+        semsim = SemSim.load(semsim_checkpoint, device=torch_device)
+    except ValueError as error:
+        fail(f"--semsim: {error}")
+    with console.status(f"{name}: {iterations} iterations x {restarts} restart(s) on {torch_device}"):
+        result = run_attack(name, observation, AttackConfig(iterations=iterations, restarts=restarts,
+                                                             seed=seed, device=str(torch_device)))
+    run_dir = new_run_dir(out) if out is not None else None
+    audit = score_client(node_id=0, attack=name, result=result,
+                         originals=data.spec.denormalize(inputs).clamp(0.0, 1.0), true_labels=labels,
+                         semsim=semsim, server_round=1, local_steps=1, batch_size=samples, run_dir=run_dir)
+    if audit.status != "ok":
+        console.print(f"[bold red]attack failed:[/] {audit.reason}")
+    else:
+        console.print(_scores_table(audit))
+        leakage = audit.leakage_rate
+        console.print(f"leakage rate {'n/a' if leakage is None else f'{leakage:.0%}'} "
+                      f"(SemSim {semsim.info.get('annotator', 'unknown')} checkpoint, "
+                      f"threshold {semsim.threshold:.3f}); label accuracy "
+                      f"{'n/a' if audit.label_accuracy is None else f'{audit.label_accuracy:.0%}'}")
+    if run_dir is not None:
+        threat = "labels_known" if labels_known else "labels_recovered"
+        report = PrivacyReport(attack=name, threat_model=threat, semsim=semsim.info,
+                               config={"command": "attack", "dataset": dataset, "model": model,
+                                       "samples": samples, "index": index, "iterations": iterations,
+                                       "restarts": restarts, "seed": seed, "device": str(torch_device)},
+                               rounds=[RoundRecord(round=1, clients=[audit]).summarise()])
+        files = render_run(report, run_dir)
+        _print_path(console, "report", files.html)

@@ -1,0 +1,58 @@
+"""The commands that run attacks: `attack` outside Flower, and the demo's real Flower simulation."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from semsim_audit.cli.main import app
+from semsim_audit.report import read_jsonl
+from semsim_audit.views.html import data_uri
+
+
+@pytest.mark.slow
+def test_attack_prints_scores_and_writes_a_run_folder(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["attack", "--samples", "2", "--iterations", "3", "--device", "cpu",
+                                      "--out", str(tmp_path)], terminal_width=120)
+    assert result.exit_code == 0, result.output
+    assert "inverting-gradients: 2 image(s)" in result.output
+    assert "leakage rate" in result.output and "label accuracy" in result.output
+    (run_dir,) = tmp_path.iterdir()
+    assert (run_dir / "report.json").is_file() and (run_dir / "console.svg").is_file()
+    html = (run_dir / "report.html").read_text()
+    assert data_uri(run_dir / "images" / "round-1" / "client-0" / "reconstruction-1.png") in html
+
+
+@pytest.mark.slow
+def test_demo_with_tiny_settings_writes_every_file(tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    completed = subprocess.run(
+        [sys.executable, "-m", "semsim_audit.cli.main", "demo", "--rounds", "2", "--clients", "2",
+         "--audited", "1", "--iterations", "3", "--device", "cpu", "--out", str(tmp_path / "runs")],
+        capture_output=True, text=True, env=env, timeout=600)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert "Traceback" not in completed.stderr
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    for name in ("report.jsonl", "report.json", "rounds.csv", "report.html", "console.svg",
+                 "plots/rounds.png"):
+        assert (run_dir / name).is_file(), name
+    report = read_jsonl(run_dir / "report.jsonl")
+    assert [r.round for r in report.rounds] == [1, 2]
+    assert all(r.accuracy is not None and len(r.clients) == 1 for r in report.rounds)
+    html = (run_dir / "report.html").read_text()
+    for record in report.rounds:
+        (audit,) = record.clients
+        assert audit.status == "ok", audit.reason
+        grid = run_dir / "images" / f"round-{record.round}" / f"client-{audit.node_id}" / "grid.png"
+        assert grid.is_file()
+        for score in audit.scores:
+            assert score.original_image and score.reconstruction_image
+            assert data_uri(run_dir / score.original_image) in html
+            assert data_uri(run_dir / score.reconstruction_image) in html
+    assert (run_dir / "rounds.csv").read_text().count("\n") == 3
+    assert f"report: {run_dir / 'report.html'}\n" in completed.stdout
