@@ -1,0 +1,1 @@
+"""One cell of a privacy-utility sweep as a Flower app (see the README)."""

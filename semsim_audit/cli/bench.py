@@ -1,0 +1,172 @@
+"""`semsim-audit bench`: the privacy-utility sweep over defenses x strengths x seeds.
+
+Each cell is one audited Flower simulation (``strategies.simulation.run_audited_simulation``) with
+the same data, model, attack and audit budget; only the defense, its strength and the seed change.
+The defenses are the client mods of :mod:`strategies.defenses`, switched on by the cell's run config.
+Flower is imported inside the command only, so ``--help`` and spec errors come fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from semsim_audit.bench import (
+    Cell,
+    CellResult,
+    SweepState,
+    aggregate,
+    cell_grid,
+    parse_defense,
+    parse_defense_option,
+    results_table,
+    run_sweep,
+    write_outputs,
+)
+from semsim_audit.cli.common import fail
+
+__all__ = ["bench"]
+
+_DEFENSE_HELP = ("Defense and strengths, repeatable: none | noise:SIGMA,... | prune:SHARE,... "
+                 "| clip:NORM,... | quantize:sign,BITS,... | dp-fixed:NOISE_MULTIPLIER,... "
+                 "| localdp:EPSILON,...")
+
+
+def _positive(value: float, option: str, minimum: float = 1) -> None:
+    if value < minimum:
+        fail(f"{option} must be >= {minimum:g}, got {value:g}")
+
+
+def bench(
+    defense: Annotated[list[str] | None, typer.Option(
+        "--defense", help=_DEFENSE_HELP, show_default="none")] = None,
+    defense_option: Annotated[list[str] | None, typer.Option(
+        "--defense-option", help="Extra defense setting, repeatable: noise.clip=1.0, dp-fixed.clip=1.0, "
+        "localdp.clip / localdp.sensitivity / localdp.delta=VALUE.")] = None,
+    seeds: Annotated[int, typer.Option(help="Seeds per defense and strength (0, 1, ..., N-1).")] = 1,
+    dataset: Annotated[str, typer.Option(
+        help="Dataset (see `info`); the embedded ones need no download.")] = "photos",
+    model: Annotated[str, typer.Option(help="Victim model: lenet, convnet or resnet18.")] = "lenet",
+    clients: Annotated[int, typer.Option(help="Simulated clients.")] = 2,
+    rounds: Annotated[int, typer.Option(help="Federated rounds per cell.")] = 2,
+    fraction_train: Annotated[float, typer.Option(help="Share of clients sampled per round.")] = 1.0,
+    local_steps: Annotated[int, typer.Option(help="Local SGD steps per round.")] = 1,
+    batch_size: Annotated[int, typer.Option(help="Local batch size.")] = 1,
+    lr: Annotated[float, typer.Option(help="Local learning rate.")] = 0.01,
+    samples_per_client: Annotated[int | None, typer.Option(
+        help="Cap on each client's training images (smaller = faster).")] = None,
+    partition: Annotated[str, typer.Option(help="iid or dirichlet.")] = "iid",
+    alpha: Annotated[float, typer.Option(help="Dirichlet concentration (with --partition dirichlet).")] = 0.5,
+    attack: Annotated[str, typer.Option(help="Attack from the registry.")] = "inverting-gradients",
+    iterations: Annotated[int, typer.Option(help="Attack optimisation steps.")] = 200,
+    restarts: Annotated[int, typer.Option(help="Attack restarts.")] = 1,
+    audited: Annotated[int, typer.Option(help="Clients attacked per audited round.")] = 2,
+    every: Annotated[int, typer.Option(help="Audit rounds 1, 1+N, 1+2N, ...")] = 1,
+    labels_known: Annotated[bool, typer.Option(
+        help="Stronger threat model: the attacker knows the labels.")] = False,
+    device: Annotated[str, typer.Option(help="Attack device: auto, cpu or cuda[:N].")] = "auto",
+    semsim_checkpoint: Annotated[Path | None, typer.Option(
+        "--semsim", help="SemSim checkpoint (default: the one shipped).")] = None,
+    save_images: Annotated[bool, typer.Option(help="Keep every cell's reconstructions as PNG.")] = False,
+    out: Annotated[Path, typer.Option(
+        help="Sweep folder; run again with the same settings to resume (finished cells are skipped).")] = (
+        Path("runs/bench")),
+) -> None:
+    """Sweep defenses x strengths x seeds: accuracy lost against leakage saved, one audited run per cell."""
+    try:
+        specs = [parse_defense(spec) for spec in (defense or ["none"])]
+        options = dict(parse_defense_option(text) for text in (defense_option or []))
+        cells = cell_grid(specs, list(range(seeds)) if seeds >= 1 else [])
+    except ValueError as error:
+        fail(str(error))
+    for value, option in ((clients, "--clients"), (rounds, "--rounds"), (local_steps, "--local-steps"),
+                          (batch_size, "--batch-size"), (iterations, "--iterations"),
+                          (restarts, "--restarts"), (audited, "--audited"), (every, "--every")):
+        _positive(value, option)
+    if samples_per_client is not None:
+        _positive(samples_per_client, "--samples-per-client")
+    if not 0.0 < fraction_train <= 1.0:
+        fail(f"--fraction-train must lie in (0, 1], got {fraction_train:g}")
+    if not lr > 0:
+        fail(f"--lr must be > 0, got {lr:g}")
+    if partition not in ("iid", "dirichlet"):
+        fail(f"--partition must be iid or dirichlet, got {partition!r}")
+    if semsim_checkpoint is not None and not semsim_checkpoint.is_file():
+        fail(f"--semsim: no checkpoint file at {semsim_checkpoint}")
+
+    from pydantic import ValidationError
+
+    from semsim_audit.config import AuditConfig
+
+    audit_fields: dict[str, Any] = {
+        "attack": attack, "attack_config": {"iterations": iterations, "restarts": restarts},
+        "every": every, "clients": audited, "device": device,
+        "threat_model": "labels_known" if labels_known else "labels_recovered",
+        "semsim_checkpoint": None if semsim_checkpoint is None else str(semsim_checkpoint),
+    }
+    try:
+        AuditConfig(**audit_fields)
+    except ValidationError as error:
+        problem = error.errors()[0]
+        message = str(problem["msg"]).removeprefix("Value error, ")
+        fail(f"--{str(problem['loc'][0]).replace('_', '-')}: {message}")
+    try:
+        from semsim_audit.data import load_dataset
+
+        load_dataset(dataset, train=True)
+    except ValueError as error:
+        fail(f"--dataset: {error}")
+
+    simulation = {"dataset": dataset, "model": model, "num_clients": clients, "rounds": rounds,
+                  "fraction_train": fraction_train, "local_steps": local_steps, "batch_size": batch_size,
+                  "lr": lr, "partition": partition, "alpha": alpha, "samples_per_client": samples_per_client}
+    settings = {**simulation, "audit": audit_fields, "defense_options": options, "save_images": save_images}
+    state = SweepState(out, settings)
+    try:
+        state.open()
+    except ValueError as error:
+        fail(str(error))
+
+    from strategies.defenses import defense_mods, dp_fixed_strategy
+    from strategies.simulation import run_audited_simulation
+
+    def run_cell(cell: Cell, folder: Path) -> Any:
+        run_config = cell.run_config(options)
+        audit = AuditConfig(**audit_fields, seed=cell.seed, out_dir=folder, save_images=save_images)
+        extra: dict[str, Any] = {}
+        if cell.defense == "dp-fixed":
+            # Flower's client-side fixed clipping is a pair: this server wrapper sends the clipping
+            # norm, the client's fixedclipping_mod clips; the wrapper's noise goes on the aggregate.
+            sampled = max(1, int(clients * fraction_train))
+            extra["wrap_strategy"] = lambda inner: dp_fixed_strategy(inner, run_config, sampled)
+        return run_audited_simulation(**simulation, seed=cell.seed, audit=audit, client_mods=defense_mods(),
+                                      run_config=run_config, **extra)
+
+    console = Console()
+    console.print(f"[bold]{len(cells)} cells[/] ({len(specs)} defense spec(s) x strengths x {seeds} seed(s)) "
+                  f"-> {out}")
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=console)
+
+    def on_done(result: CellResult, skipped: bool) -> None:
+        note = "skipped (finished before)" if skipped else (
+            f"[green]ok[/] in {result.seconds:.0f}s" if result.status == "ok"
+            else f"[bold red]failed[/]: {result.reason}")
+        progress.console.print(f"  {result.cell.label} seed {result.seed}: {note}", highlight=False)
+        progress.advance(task)
+
+    with progress:
+        task = progress.add_task("sweep", total=len(cells))
+        results = run_sweep(cells, state, run_cell, on_done=on_done)
+
+    rows = aggregate(results)
+    console.print(results_table(rows))
+    files = write_outputs(rows, results, settings, out)
+    failed = [r for r in results if r.status == "failed"]
+    if failed:
+        console.print(f"[bold red]{len(failed)} cell(s) failed[/]; run the same command again to retry them.")
+    console.print("files: " + ", ".join(str(path) for path in files.values()))
