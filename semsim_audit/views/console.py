@@ -187,7 +187,7 @@ class ConsoleSink:
         self._live: Live | None = None
         self._lines = LogSink(lambda line: self.console.print(line, highlight=False, markup=False,
                                                               soft_wrap=True))
-        self._saved_loggers: list[tuple[logging.Logger, list[logging.Handler], bool]] = []
+        self._saved_loggers: list[tuple[logging.Logger, list[logging.Handler], bool, int]] = []
 
     def _view(self) -> RenderableType:
         return Group(rounds_table(self.report, title=f"privacy audit {self.report.run_id}"), self._progress)
@@ -202,19 +202,22 @@ class ConsoleSink:
         handler = RichHandler(console=self.console, show_path=False, level=self.log_level)
         for name in _ROUTED_LOGGERS:
             logger = logging.getLogger(name)
-            self._saved_loggers.append((logger, list(logger.handlers), logger.propagate))
+            self._saved_loggers.append((logger, list(logger.handlers), logger.propagate, logger.level))
             for old in list(logger.handlers):
                 logger.removeHandler(old)
             logger.addHandler(handler)
             logger.propagate = False
+            # The sink promises warnings above the table, whatever level a caller left behind.
+            logger.setLevel(self.log_level)
 
     def _restore_logs(self) -> None:
-        for logger, handlers, propagate in self._saved_loggers:
+        for logger, handlers, propagate, level in self._saved_loggers:
             for current in list(logger.handlers):
                 logger.removeHandler(current)
             for handler in handlers:
                 logger.addHandler(handler)
             logger.propagate = propagate
+            logger.setLevel(level)
         self._saved_loggers.clear()
 
     def start(self, report: PrivacyReport) -> None:

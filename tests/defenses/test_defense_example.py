@@ -56,10 +56,15 @@ def test_example_app_runs_a_pruned_audited_round(example, tmp_path: Path) -> Non
     def main(grid, context) -> None:
         reports.append(server_app.run(grid, overrides))
 
-    logging.getLogger("flwr").setLevel(logging.ERROR)
-    run_simulation(server_app=app, client_app=build_client_app(overrides), num_supernodes=2,
-                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                                   "init_args": {"logging_level": "ERROR", "log_to_driver": False}})
+    flwr_logger = logging.getLogger("flwr")
+    level = flwr_logger.level
+    flwr_logger.setLevel(logging.ERROR)
+    try:
+        run_simulation(server_app=app, client_app=build_client_app(overrides), num_supernodes=2,
+                       backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                                       "init_args": {"logging_level": "ERROR", "log_to_driver": False}})
+    finally:
+        flwr_logger.setLevel(level)
     (record,) = reports[0].rounds
     assert record.accuracy is not None
     assert [c.status for c in record.clients] == ["ok", "ok"], [c.reason for c in record.clients]

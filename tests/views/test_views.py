@@ -79,6 +79,8 @@ def test_console_sink_prints_flower_warnings_through_its_console_and_restores_lo
     report, _ = sample_run
     flwr_logger = logging.getLogger("flwr")
     before = list(flwr_logger.handlers)
+    level = flwr_logger.level
+    flwr_logger.setLevel(logging.ERROR)  # as a caller quietening Flower might have left it
     console = Console(file=io.StringIO(), width=120, color_system=None)
     sink = ConsoleSink(console)
     sink.start(report)
@@ -91,6 +93,8 @@ def test_console_sink_prints_flower_warnings_through_its_console_and_restores_lo
     assert "would bury the table" not in output
     assert "client 7 is slow" not in capsys.readouterr().err
     assert flwr_logger.handlers == before
+    assert flwr_logger.level == logging.ERROR
+    flwr_logger.setLevel(level)
 
 
 def test_run_folder_holds_every_file_and_the_html_embeds_every_image_and_plot(
