@@ -22,13 +22,28 @@ def train(
     data: Annotated[Path, typer.Option(help="annotation folder in the released layout")],
     out: Annotated[Path, typer.Option(help="checkpoint file to write (.safetensors)")],
     epochs: Annotated[int, typer.Option(help="training epochs (released recipe: 100)")] = 100,
-    width: Annotated[int, typer.Option(help="ResNet-18 base width (released: 64; embedding 8 x width)")] = 64,
+    width: Annotated[int | None, typer.Option(
+        help="ResNet-18 base width (embedding 8 x width); default: the --init checkpoint's, "
+             "64 from scratch")] = None,
     batch: Annotated[int, typer.Option(help="triplets per batch")] = 64,
     device: Annotated[str, typer.Option(help="'auto', 'cpu' or 'cuda[:N]'")] = "auto",
     seed: Annotated[int, typer.Option(help="seed of the split, sampling and augmentation")] = 23333,
     val_fraction: Annotated[float, typer.Option(help="fraction of identities held out for validation")] = 0.1,
     annotator: Annotated[str, typer.Option(help="'human' or 'proxy': who labelled --data")] = "human",
     fp16: Annotated[bool, typer.Option(help="store the weights in float16 (half the file)")] = False,
+    init: Annotated[str | None, typer.Option(
+        help="start from 'scratch' (released recipe; the default), 'default' (fine-tune the packaged "
+             "checkpoint) or a checkpoint file")] = None,
+    lr: Annotated[float | None, typer.Option(
+        help="learning rate; default 0.05 from scratch, 0.01 when fine-tuning")] = None,
+    freeze_epochs: Annotated[int | None, typer.Option(
+        help="first epochs that train only the last ResNet stage (default 0)")] = None,
+    augment: Annotated[str | None, typer.Option(
+        help="'none', 'released' (crop + flip; the default) or 'strong' (+ colour jitter)")] = None,
+    patience: Annotated[int | None, typer.Option(
+        help="stop after this many epochs without a better validation AUC (0: never; default 10)")] = None,
+    keep: Annotated[str | None, typer.Option(
+        help="'best' (validation AUC; the default) or 'last' epoch's weights")] = None,
 ) -> None:
     """Train a SemSim checkpoint with the triplet loss; resumes from OUT.resume when it exists."""
     from semsim_audit.semsim.train import TrainConfig
@@ -37,7 +52,9 @@ def train(
     try:
         config = TrainConfig(epochs=epochs, width=width, batch_size=batch, device=device, seed=seed,
                              val_fraction=val_fraction, annotator=annotator,  # type: ignore[arg-type]
-                             storage_dtype="float16" if fp16 else "float32")
+                             storage_dtype="float16" if fp16 else "float32", lr=lr,
+                             **_given(init=init, freeze_epochs=freeze_epochs, augment=augment,
+                                      patience=patience, keep=keep))
         result = run_training(data, out, config)
     except ValueError as error:
         fail(str(error))
@@ -46,6 +63,11 @@ def train(
                   f"{_number(meta.training.get('val_auc'))}, balanced accuracy "
                   f"{_number(meta.training.get('balanced_accuracy'))} (calibrated on "
                   f"{meta.training.get('calibrated_on')} identities)")
+
+
+def _given(**options: Any) -> dict[str, Any]:
+    """The options the user set; the others keep TrainConfig's defaults (chosen by the benchmark)."""
+    return {name: value for name, value in options.items() if value is not None}
 
 
 @app.command("eval")

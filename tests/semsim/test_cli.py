@@ -19,7 +19,7 @@ def test_train_then_eval_writes_checkpoint_table_and_json(annotation_folder: Pat
     out = tmp_path / "cli.safetensors"
     trained = runner.invoke(app, ["semsim", "train", "--data", str(annotation_folder), "--out", str(out),
                                   "--epochs", "1", "--width", "4", "--batch", "8", "--device", "cpu",
-                                  "--annotator", "proxy", "--val-fraction", "0.25"])
+                                  "--annotator", "proxy", "--val-fraction", "0.25", "--init", "scratch"])
     assert trained.exit_code == 0, trained.output
     assert out.is_file() and "threshold" in trained.output
 

@@ -17,7 +17,7 @@ from semsim_audit.semsim.model import SemSimNet
 from semsim_audit.semsim.train import ImagePool, TrainConfig, resume_path, train
 
 TINY = {"epochs": 8, "width": 4, "batch_size": 6, "lr": 0.05, "val_fraction": 0.25, "seed": 5,
-        "device": "cpu", "annotator": "proxy"}
+        "device": "cpu", "annotator": "proxy", "init": "scratch", "keep": "last", "patience": 0}
 
 
 def _clean_triplet_loss(model: nn.Module, pool: ImagePool) -> float:
