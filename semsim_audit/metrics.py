@@ -25,7 +25,8 @@ import torch
 if TYPE_CHECKING:
     from semsim_audit.semsim import SemSim
 
-__all__ = ["mse", "psnr", "ssim", "lpips", "lpips_available", "Matching", "match", "identifiability"]
+__all__ = ["mse", "psnr", "ssim", "lpips", "lpips_available", "Matching", "match", "match_distances",
+           "identifiability"]
 
 logger = logging.getLogger(__name__)
 
@@ -128,9 +129,13 @@ def match(originals: torch.Tensor, reconstructions: torch.Tensor, semsim: SemSim
     permutation that aligns the batch: ``reconstructions[m.reconstruction_index]`` pairs with
     ``originals``. With unequal counts, ``min(M, N)`` pairs are returned.
     """
+    return match_distances(semsim.pairwise(originals, reconstructions))
+
+
+def match_distances(distances: torch.Tensor) -> Matching:
+    """:func:`match` on an already computed (M, N) SemSim distance matrix (originals x reconstructions)."""
     from scipy.optimize import linear_sum_assignment
 
-    distances = semsim.pairwise(originals, reconstructions)
     rows, columns = linear_sum_assignment(distances.double().numpy())
     rows_t, columns_t = torch.from_numpy(rows).long(), torch.from_numpy(columns).long()
     return Matching(rows_t, columns_t, distances[rows_t, columns_t])

@@ -65,16 +65,18 @@ def score_reconstructions(reconstructions: torch.Tensor, originals: torch.Tensor
         raise ValueError("reconstructions contain NaN or inf")
     reconstructions = reconstructions.detach().float().cpu().clamp(0.0, 1.0)
     originals = originals.detach().float().cpu()
-    matching = metrics.match(originals, reconstructions, semsim)
+    # One embedding pass: matching, each pair's distance and identifiability all read this matrix.
+    distances = semsim.pairwise(originals, reconstructions)
+    matching = metrics.match_distances(distances)
     rows, cols = matching.original_index, matching.reconstruction_index
     paired_originals, paired_recons = originals[rows], reconstructions[cols]
-    distance = semsim.distance(paired_originals, paired_recons)
-    recognizable = semsim.recognizable(paired_originals, paired_recons)
+    distance = matching.distance
+    recognizable = distance <= semsim.threshold
     psnr = metrics.psnr(paired_originals, paired_recons)
     ssim = metrics.ssim(paired_originals, paired_recons)
     lpips = metrics.lpips(paired_originals, paired_recons)
     # Identified: among ALL originals, the nearest one to the reconstruction is its own.
-    nearest = semsim.pairwise(originals, reconstructions).argmin(dim=0)
+    nearest = distances.argmin(dim=0)
     scores = []
     for k in range(rows.shape[0]):
         row, col = int(rows[k]), int(cols[k])
