@@ -136,8 +136,8 @@ def main() -> None:
         table.add_row(name, *[f"{value:.3f}"] * len(args.sizes))
     for width in widths:
         label = "shipped backbone" if width == 0 else f"random width-{width} backbone"
-        table.add_row(f"{label}: mean ± sd", *[f"{np.mean(scores[width, s]):.3f} ± {np.std(scores[width, s]):.3f}"
-                                              for s in args.sizes])
+        cells = [f"{np.mean(scores[width, s]):.3f} ± {np.std(scores[width, s]):.3f}" for s in args.sizes]
+        table.add_row(f"{label}: mean ± sd", *cells)
         table.add_row(f"{label}: worst seed - best pixel metric",
                       *[f"{min(scores[width, s]) - best_pixel:+.3f}" for s in args.sizes])
     console.print(table)
