@@ -1,10 +1,15 @@
 """SemSim checkpoints: one safetensors file whose header carries the JSON metadata.
 
 Loading never unpickles. The metadata records what the weights are (architecture, width,
-normalisation), how to use them (threshold), where they came from (annotator kind ``human`` or
+normalisation, head), how to use them (threshold), where they came from (annotator kind ``human`` or
 ``proxy``, data description) and the SHA-256 of the weights, which is checked on every load, so a
 file that is corrupt, truncated or built for another architecture is refused with a ValueError
 that says what is wrong.
+
+``head`` (added with issue 9, format version unchanged): ``"none"`` for the released model, whose
+pooled feature is the embedding, or ``"stats"`` for the projection head on feature statistics
+(:class:`~semsim_audit.semsim.model.SemSimNet`). Checkpoints written before it have no ``head`` field
+and load as ``"none"``, unchanged.
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ class CheckpointMetadata(BaseModel):
     version: int = FORMAT_VERSION
     architecture: str = ARCHITECTURE
     width: int = Field(64, ge=1)
+    # Absent in checkpoints from before the stats head: they are the released model, "none".
+    head: Literal["none", "stats"] = "none"
     embedding_dim: int = Field(512, ge=1)
     input_size: int = INPUT_SIZE
     normalisation: dict[str, list[float]] = Field(default_factory=lambda: dict(NORMALISATION))
@@ -134,7 +141,8 @@ def save_checkpoint(path: str | Path, model: SemSimNet, *, threshold: float, ann
     tensors = {name: (t.to(dtype) if t.is_floating_point() else t)
                for name, t in model.state_dict().items()}
     try:
-        metadata = CheckpointMetadata(width=model.width, embedding_dim=model.embedding_dim,
+        metadata = CheckpointMetadata(width=model.width, head=model.head_kind,  # type: ignore[arg-type]
+                                      embedding_dim=model.embedding_dim,
                                       threshold=threshold, annotator=annotator, data=data,  # type: ignore[arg-type]
                                       sha256=weights_sha256(tensors), dtype=str(dtype).removeprefix("torch."),
                                       training=training or {})
@@ -166,19 +174,20 @@ def load_checkpoint(path: str | Path) -> tuple[SemSimNet, CheckpointMetadata]:
     if weights_sha256(tensors) != metadata.sha256:
         raise ValueError(f"SemSim checkpoint {path}: weights do not match the recorded sha256 "
                          f"(the file is corrupt or was edited)")
-    model = SemSimNet(width=metadata.width)
+    model = SemSimNet(width=metadata.width, head=metadata.head)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     misshapen = sorted(k for k in set(expected) & set(tensors) if expected[k].shape != tensors[k].shape)
     if missing or unexpected or misshapen:
         raise ValueError(
-            f"SemSim checkpoint {path}: weights do not fit {ARCHITECTURE} width {metadata.width}: "
+            f"SemSim checkpoint {path}: weights do not fit {ARCHITECTURE} width {metadata.width} "
+            f"head {metadata.head!r}: "
             f"missing {_few(missing)}, unexpected {_few(unexpected)}, wrong shape {_few(misshapen)}")
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in tensors.items()})
     if metadata.embedding_dim != model.embedding_dim:
         raise ValueError(f"SemSim checkpoint {path}: embedding_dim {metadata.embedding_dim} does not match "
-                         f"width {metadata.width} (expected {model.embedding_dim})")
+                         f"width {metadata.width} head {metadata.head!r} (expected {model.embedding_dim})")
     return model.eval(), metadata
 
 

@@ -1,6 +1,16 @@
-"""The SemSim embedding network: a CIFAR-style ResNet-18 whose 512-d pooled feature is the embedding."""
+"""The SemSim embedding network: a CIFAR-style ResNet-18, with or without a projection head.
+
+``head="none"`` is the released model: the 512-d (8 x width) pooled feature is the embedding.
+``head="stats"`` (issue 9; the default of ``semsim-audit semsim train``) summarises each image by the
+per-channel mean and standard deviation of the stem and of every ResNet stage, standardises that with
+statistics of the training images (stored as buffers), and maps it with a two-layer MLP to a 64-d
+embedding. With a frozen backbone only the head learns, which needs far fewer annotated identities
+(``benchmarks/semsim_sample_efficiency.py``). Both embeddings are L2-normalised.
+"""
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -10,12 +20,15 @@ from attacks.runtime import normalize
 from semsim_audit.data import CIFAR100_STATS
 from semsim_audit.models import resnet18_cifar
 
-__all__ = ["ARCHITECTURE", "INPUT_SIZE", "NORMALISATION", "SemSimNet", "prepare_images"]
+__all__ = ["ARCHITECTURE", "HEADS", "INPUT_SIZE", "NORMALISATION", "SemSimNet", "prepare_images"]
 
 ARCHITECTURE = "resnet18-cifar"
 INPUT_SIZE = 32
 # The released model normalises with CIFAR-100 statistics whatever the data; so do we.
 NORMALISATION = {"mean": list(CIFAR100_STATS[0]), "std": list(CIFAR100_STATS[1])}
+HEADS = ("none", "stats")
+HEAD_HIDDEN = 256
+HEAD_DIM = 64
 
 
 def prepare_images(images: torch.Tensor, name: str = "images") -> torch.Tensor:
@@ -40,21 +53,53 @@ def prepare_images(images: torch.Tensor, name: str = "images") -> torch.Tensor:
 
 
 class SemSimNet(nn.Module):
-    """[0, 1] images of any size and 1 or 3 channels -> L2-normalised embeddings (N, 8 * width)."""
+    """[0, 1] images of any size and 1 or 3 channels -> L2-normalised embeddings (N, embedding_dim)."""
 
-    def __init__(self, width: int = 64) -> None:
+    def __init__(self, width: int = 64, head: Literal["none", "stats"] = "none") -> None:
         super().__init__()
         if width < 1:
             raise ValueError(f"width must be >= 1, got {width}")
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
         self.width = width
+        self.head_kind = head
         self.backbone = resnet18_cifar(in_channels=3, num_classes=1, width=width)
         self.backbone.fc = nn.Identity()
+        if head == "stats":
+            features = self.statistics_dim
+            self.head = nn.Sequential(nn.Linear(features, HEAD_HIDDEN), nn.ReLU(),
+                                      nn.Linear(HEAD_HIDDEN, HEAD_DIM))
+            self.register_buffer("feature_mean", torch.zeros(features))
+            self.register_buffer("feature_std", torch.ones(features))
 
     @property
     def embedding_dim(self) -> int:
-        return 8 * self.width
+        return HEAD_DIM if self.head_kind == "stats" else 8 * self.width
+
+    @property
+    def statistics_dim(self) -> int:
+        """Mean and std per channel of the stem (width) and the stages (width, 2w, 4w, 8w): 32 x width."""
+        return 2 * 16 * self.width
+
+    def statistics(self, images: torch.Tensor) -> torch.Tensor:
+        """Per-channel mean and std of the stem and of each ResNet stage: (N, statistics_dim)."""
+        backbone = self.backbone
+        pixels = normalize(prepare_images(images), NORMALISATION["mean"], NORMALISATION["std"])
+        hidden = backbone.relu(backbone.bn1(backbone.conv1(pixels)))
+        parts = [hidden.mean((2, 3)), hidden.std((2, 3))]
+        for stage in (backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4):
+            hidden = stage(hidden)
+            parts += [hidden.mean((2, 3)), hidden.std((2, 3))]
+        return torch.cat(parts, dim=1)
+
+    def embed_statistics(self, statistics: torch.Tensor) -> torch.Tensor:
+        """The stats head alone: statistics (N, statistics_dim) -> L2-normalised embeddings."""
+        standardised = (statistics - self.feature_mean) / self.feature_std
+        return F.normalize(self.head(standardised), p=2, dim=1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.head_kind == "stats":
+            return self.embed_statistics(self.statistics(images))
         pixels = prepare_images(images)
         features = self.backbone(normalize(pixels, NORMALISATION["mean"], NORMALISATION["std"]))
         return F.normalize(features, p=2, dim=1)

@@ -48,12 +48,12 @@ class SemSim:
 
     @property
     def info(self) -> dict[str, Any]:
-        """Provenance for reports: annotator kind, threshold, data, version, width, sha256, file."""
+        """Provenance for reports: annotator kind, threshold, data, version, width, head, sha256, file."""
         meta = self.metadata
         return {
             "annotator": meta.annotator, "threshold": meta.threshold, "data": meta.data,
             "version": meta.version, "architecture": meta.architecture, "width": meta.width,
-            "embedding": meta.embedding, "sha256": meta.sha256,
+            "head": meta.head, "embedding": meta.embedding, "sha256": meta.sha256,
             "checkpoint": self.path.name if self.path is not None else None,
             "default": self.path is not None and self.path.resolve() == DEFAULT_CHECKPOINT,
         }

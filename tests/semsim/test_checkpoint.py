@@ -126,3 +126,41 @@ def test_a_pickle_is_never_unpickled(tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_missing_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not found"):
         SemSim.load(tmp_path / "nowhere.safetensors")
+
+
+def test_a_stats_head_checkpoint_round_trips_with_its_standardisation(tmp_path: Path) -> None:
+    torch.manual_seed(2)
+    model = SemSimNet(width=4, head="stats").eval()
+    model.feature_mean.normal_()
+    model.feature_std.uniform_(0.5, 2.0)
+    path = tmp_path / "stats.safetensors"
+    save_checkpoint(path, model, threshold=0.3, annotator="human", data="unit test")
+    loaded, metadata = load_checkpoint(path)
+    assert (metadata.head, metadata.embedding_dim) == ("stats", 64)
+    images = torch.rand(3, 3, 32, 32)
+    assert torch.equal(loaded(images), model(images))
+    assert torch.equal(loaded.feature_std, model.feature_std)
+
+
+def test_a_checkpoint_from_before_the_head_field_loads_as_the_released_model(
+        random_checkpoint: Path, tmp_path: Path) -> None:
+    old = tmp_path / "old.safetensors"
+    blob = random_checkpoint.read_bytes()
+    (size,) = struct.unpack("<Q", blob[:8])
+    metadata = json.loads(json.loads(blob[8:8 + size])["__metadata__"]["semsim"])
+    del metadata["head"]
+    from safetensors.torch import load
+    write_safetensors(old, load(blob), metadata)
+    model, loaded = load_checkpoint(old)
+    assert loaded.head == "none" and model.head_kind == "none" and model.embedding_dim == 32
+
+
+def test_a_head_the_weights_lack_is_refused(random_checkpoint: Path, tmp_path: Path) -> None:
+    lying = tmp_path / "headless.safetensors"
+    _rewrite_metadata(random_checkpoint, lying, head="stats", embedding_dim=64)
+    with pytest.raises(ValueError, match="head 'stats'.*missing"):
+        load_checkpoint(lying)
+    unknown = tmp_path / "unknown.safetensors"
+    _rewrite_metadata(random_checkpoint, unknown, head="transformer")
+    with pytest.raises(ValueError, match="head"):
+        load_checkpoint(unknown)
