@@ -33,10 +33,11 @@ def build_default_checkpoint(out: Path, *, epochs: int, width: int, crops_per_ph
     description = (f"proxy annotations (semsim_audit.semsim.proxy, seed {seed}): {len(originals)} identities "
                    f"= {crops_per_photo} crops of each of the 10 scikit-image photos + 200 LFW images; "
                    f"positives = content-keeping artefacts, negatives = content-destroying changes")
-    # The shipped checkpoint is the starting point of fine-tuning, so it is trained from scratch itself.
+    # The shipped checkpoint is the starting point of fine-tuning, so it is trained from scratch itself,
+    # with the released recipe (whole network, triplet loss), not the head-only default of `semsim train`.
     config = TrainConfig(epochs=epochs, width=width, seed=seed, device=device, annotator="proxy",
-                         init="scratch", keep="last", patience=0,
-                         data_description=description)
+                         head="none", trainable="all", loss="triplet", init="scratch", keep="last",
+                         patience=0, data_description=description)
     with tempfile.TemporaryDirectory(prefix="semsim-proxy-") as scratch:
         folder = workdir or Path(scratch)
         write_proxy_annotations(folder, originals, seed=seed + 1)

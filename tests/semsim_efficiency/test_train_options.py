@@ -18,6 +18,7 @@ from semsim_audit.semsim.simulated import simulate_annotations, write_released_l
 from semsim_audit.semsim.train import ImagePool, TrainConfig, _augmented, _best_epoch, train
 
 FAST = {"batch_size": 8, "val_fraction": 0.34, "seed": 3, "device": "cpu", "annotator": "human"}
+RELEASED = {**FAST, "head": "none", "trainable": "all", "loss": "triplet"}
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def start_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_init_from_a_checkpoint_with_frozen_stages_changes_only_the_last_stage(
         simulated_folder: Path, start_checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "tuned.safetensors"
-    config = TrainConfig(**FAST, epochs=1, init=str(start_checkpoint), freeze_epochs=1, keep="last")
+    config = TrainConfig(**RELEASED, epochs=1, init=str(start_checkpoint), freeze_epochs=1, keep="last")
     result = train(simulated_folder, out, config, progress=False)
     before, after = load_checkpoint(start_checkpoint)[0].state_dict(), load_checkpoint(out)[0].state_dict()
     assert result.metadata.width == 4  # taken from the init checkpoint: width was left unset
@@ -61,7 +62,7 @@ def test_a_width_that_contradicts_the_init_checkpoint_is_refused(
 def test_early_stopping_keeps_the_best_validation_epoch(simulated_folder: Path, start_checkpoint: Path,
                                                         tmp_path: Path) -> None:
     out = tmp_path / "best.safetensors"
-    config = TrainConfig(**FAST, epochs=6, init=str(start_checkpoint), lr=0.2, patience=1, keep="best")
+    config = TrainConfig(**RELEASED, epochs=6, init=str(start_checkpoint), lr=0.2, patience=1, keep="best")
     result = train(simulated_folder, out, config, progress=False)
     history = result.history
     best = _best_epoch(history)
@@ -122,6 +123,7 @@ def test_cli_takes_the_new_options(simulated_folder: Path, start_checkpoint: Pat
     result = CliRunner().invoke(app, [
         "semsim", "train", "--data", str(simulated_folder), "--out", str(out), "--epochs", "2",
         "--batch", "8", "--device", "cpu", "--val-fraction", "0.34", "--init", str(start_checkpoint),
+        "--head", "none", "--trainable", "all",
         "--freeze-epochs", "1", "--augment", "strong", "--patience", "1", "--keep", "best"])
     assert result.exit_code == 0, result.output
     recipe = load_checkpoint(out)[1].training["recipe"]
@@ -130,3 +132,24 @@ def test_cli_takes_the_new_options(simulated_folder: Path, start_checkpoint: Pat
     bad = CliRunner().invoke(app, ["semsim", "train", "--data", str(simulated_folder), "--out",
                                    str(tmp_path / "bad.safetensors"), "--augment", "heavy"])
     assert bad.exit_code == 2 and "augment" in bad.output
+    contradictory = CliRunner().invoke(app, ["semsim", "train", "--data", str(simulated_folder), "--out",
+                                             str(tmp_path / "bad.safetensors"), "--head", "none"])
+    assert contradictory.exit_code == 2 and "needs head='stats'" in contradictory.output
+    assert not (tmp_path / "bad.safetensors").exists()
+
+
+def test_a_stats_head_starts_on_the_init_checkpoints_backbone_and_continues_its_own_head(
+        simulated_folder: Path, start_checkpoint: Path, tmp_path: Path) -> None:
+    first = tmp_path / "first.safetensors"
+    train(simulated_folder, first, TrainConfig(**FAST, epochs=2, init=str(start_checkpoint), keep="last"),
+          progress=False)
+    start, headed = load_checkpoint(start_checkpoint)[0].state_dict(), load_checkpoint(first)[0].state_dict()
+    assert load_checkpoint(first)[1].head == "stats"
+    assert all(torch.equal(start[k], headed[k]) for k in start)  # the whole backbone, untouched
+    # From a stats checkpoint: its head and standardisation carry on (standardisation is not refitted).
+    second = tmp_path / "second.safetensors"
+    train(simulated_folder, second, TrainConfig(**FAST, epochs=1, init=str(first), keep="last"),
+          progress=False)
+    continued = load_checkpoint(second)[0].state_dict()
+    assert torch.equal(continued["feature_mean"], headed["feature_mean"])
+    assert not torch.equal(continued["head.0.weight"], headed["head.0.weight"])
