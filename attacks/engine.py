@@ -19,9 +19,9 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from attacks.objectives import batchnorm_prior, gradient_distance, l2_prior, total_variation
-from attacks.observation import Observation
-from attacks.optimizers import make_optimizer, step_factor
+from semsim_audit.attacks.objectives import batchnorm_prior, gradient_distance, l2_prior, total_variation
+from semsim_audit.attacks.observation import Observation
+from semsim_audit.attacks.optimizers import make_optimizer, step_factor
 
 __all__ = ["Plan", "EngineOutput", "optimise", "batchnorm_layers"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from attacks.observation import Observation
+from semsim_audit.attacks.observation import Observation
 
 __all__ = ["last_layer", "idlg_label", "batch_labels", "recover_labels"]
 

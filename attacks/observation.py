@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from attacks.spec import DataSpec
+from semsim_audit.core import DataSpec
 
 __all__ = ["Observation", "batch_groups"]
 

@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from attacks.config import AttackConfig, AttackResult, TrialStatus
-from attacks.engine import Plan, batchnorm_layers, optimise
-from attacks.labels import recover_labels
-from attacks.observation import Observation, batch_groups
-from attacks.runtime import select_device
+from semsim_audit.attacks.config import AttackConfig, AttackResult, TrialStatus
+from semsim_audit.attacks.engine import Plan, batchnorm_layers, optimise
+from semsim_audit.attacks.labels import recover_labels
+from semsim_audit.attacks.observation import Observation, batch_groups
+from semsim_audit.core import select_device
 
 __all__ = ["Attack", "ATTACKS", "run_attack", "run_attacks"]
 

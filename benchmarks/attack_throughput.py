@@ -18,7 +18,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from attacks import AttackConfig, Observation, run_attack, run_attacks, select_device
+from semsim_audit.attacks import AttackConfig, Observation, run_attack, run_attacks
+from semsim_audit.core import select_device
 from semsim_audit.data import load_dataset
 from semsim_audit.models import model_for
 

@@ -1,6 +1,6 @@
 """Audit overhead: wall time of an audited federated run vs the same run unaudited, per executor.
 
-The federation runs in process (``strategies.local.InProcessGrid``: clients one after another,
+The federation runs in process (``semsim_audit.strategies.local.InProcessGrid``: clients one after another,
 no Ray start-up in the timings); each setting runs the same rounds from the same initial model.
 "unaudited" is plain FedAvg; the audited runs attack ``--audited-clients`` clients per round
 with ``--attack`` for ``--iterations`` iterations. Overhead = audited / unaudited - 1 of the
@@ -24,9 +24,9 @@ from flwr.serverapp.strategy import FedAvg
 from semsim_audit.config import AuditConfig
 from semsim_audit.data import load_dataset, partition
 from semsim_audit.models import model_for
-from strategies import AuditedStrategy, make_client_app
-from strategies.executors import RayExecutor
-from strategies.local import InProcessGrid, set_task_identity
+from semsim_audit.strategies import AuditedStrategy, make_client_app
+from semsim_audit.strategies.executors import RayExecutor
+from semsim_audit.strategies.local import InProcessGrid, set_task_identity
 
 
 def _arguments() -> argparse.Namespace:

@@ -80,7 +80,7 @@ class DefenseKind:
     meaning: str = ""
 
 
-# The keys are those strategies.defenses reads (a test keeps the two tables equal).
+# The keys are those semsim_audit.strategies.defenses reads (a test keeps the two tables equal).
 DEFENSES: dict[str, DefenseKind] = {
     "none": DefenseKind(None, None, meaning="no defense"),
     "noise": DefenseKind("defense.noise.sigma", _number(0.0),

@@ -50,7 +50,7 @@ class AuditConfig(BaseModel):
     @field_validator("attack")
     @classmethod
     def _known_attack(cls, value: str) -> str:
-        from attacks import ATTACKS
+        from semsim_audit.attacks import ATTACKS
 
         if value not in ATTACKS:
             raise ValueError(f"unknown attack {value!r}; known attacks: {', '.join(sorted(ATTACKS))}")
@@ -59,7 +59,7 @@ class AuditConfig(BaseModel):
     @field_validator("attack_config")
     @classmethod
     def _valid_attack_config(cls, value: dict[str, Any]) -> dict[str, Any]:
-        from attacks import AttackConfig
+        from semsim_audit.attacks import AttackConfig
 
         try:
             AttackConfig(**value)
@@ -92,7 +92,7 @@ class AuditConfig(BaseModel):
     @field_validator("device")
     @classmethod
     def _valid_device(cls, value: str) -> str:
-        from attacks.runtime import select_device
+        from semsim_audit.core import select_device
 
         select_device(value)  # raises ValueError naming the device
         return value
@@ -112,8 +112,8 @@ class AuditConfig(BaseModel):
         return server_round in self.every
 
     def attack_settings(self) -> Any:
-        """The validated ``attacks.AttackConfig`` (seed and device filled from this config)."""
-        from attacks import AttackConfig
+        """The validated ``semsim_audit.attacks.AttackConfig`` (seed and device filled from this config)."""
+        from semsim_audit.attacks import AttackConfig
 
         settings = dict(self.attack_config)
         settings.setdefault("seed", self.seed)

@@ -1,7 +1,7 @@
 """Datasets that need no download, torchvision datasets, users' image folders, and partitioning.
 
 Every dataset yields ``(image, label)`` with the image as the victim model consumes it: a float
-tensor (C, H, W) normalised with the dataset's :class:`attacks.DataSpec` (``spec.denormalize``
+tensor (C, H, W) normalised with the dataset's :class:`semsim_audit.attacks.DataSpec` (``spec.denormalize``
 maps it back to [0, 1] pixels). Every dataset carries that spec as ``.spec``.
 
 Embedded sets (no files, deterministic):
@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from attacks.spec import DataSpec
+from semsim_audit.core import DataSpec
 
 __all__ = [
     "DATASETS", "PHOTO_NAMES", "ImageDataset", "load_dataset", "photo_images",

@@ -17,16 +17,15 @@ from __future__ import annotations
 import functools
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
-
-if TYPE_CHECKING:
-    from semsim_audit.semsim import SemSim
+from scipy.optimize import linear_sum_assignment
+from skimage.metrics import structural_similarity
 
 __all__ = ["mse", "psnr", "ssim", "lpips", "lpips_available", "Matching", "match", "match_distances",
-           "identifiability"]
+           "identifiability", "identified", "PairwiseDistance"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +55,6 @@ def psnr(originals: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor
 
 def ssim(originals: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
     """Structural similarity per pair (N,) via scikit-image; higher = more similar."""
-    from skimage.metrics import structural_similarity
-
     _check_pairs(originals, reconstructions)
     side = min(originals.shape[-2:])
     if side < 3:
@@ -111,6 +108,12 @@ def lpips(originals: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tenso
     return model(prepare(originals), prepare(reconstructions)).flatten()
 
 
+class PairwiseDistance(Protocol):
+    """What matching needs of a judge (SemSim): an (M, N) distance matrix, originals x reconstructions."""
+
+    def pairwise(self, originals: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor: ...
+
+
 class Matching(NamedTuple):
     """Matched pairs: ``originals[original_index[k]]`` goes with ``reconstructions[reconstruction_index[k]]``.
 
@@ -122,7 +125,7 @@ class Matching(NamedTuple):
     distance: torch.Tensor
 
 
-def match(originals: torch.Tensor, reconstructions: torch.Tensor, semsim: SemSim) -> Matching:
+def match(originals: torch.Tensor, reconstructions: torch.Tensor, semsim: PairwiseDistance) -> Matching:
     """Pair reconstructions with originals minimising the total SemSim distance (Hungarian).
 
     Pairs are sorted by original index. With equal counts, ``reconstruction_index`` is the
@@ -134,17 +137,23 @@ def match(originals: torch.Tensor, reconstructions: torch.Tensor, semsim: SemSim
 
 def match_distances(distances: torch.Tensor) -> Matching:
     """:func:`match` on an already computed (M, N) SemSim distance matrix (originals x reconstructions)."""
-    from scipy.optimize import linear_sum_assignment
-
     rows, columns = linear_sum_assignment(distances.double().numpy())
     rows_t, columns_t = torch.from_numpy(rows).long(), torch.from_numpy(columns).long()
     return Matching(rows_t, columns_t, distances[rows_t, columns_t])
 
 
-def identifiability(originals: torch.Tensor, reconstructions: torch.Tensor, semsim: SemSim) -> torch.Tensor:
+def identified(distances: torch.Tensor, matching: Matching) -> torch.Tensor:
+    """Per matched pair (K,) bool: among ALL originals, is the reconstruction's nearest one its own?"""
+    nearest = distances.argmin(dim=0)
+    return nearest[matching.reconstruction_index] == matching.original_index
+
+
+def identifiability(originals: torch.Tensor, reconstructions: torch.Tensor,
+                    semsim: PairwiseDistance) -> torch.Tensor:
     """Per pair i (N,) bool: is original i the nearest original, by SemSim, to reconstruction i?"""
     if originals.shape[0] != reconstructions.shape[0]:
         raise ValueError(f"originals and reconstructions must pair up: {originals.shape[0]} vs "
                          f"{reconstructions.shape[0]} images")
-    nearest = semsim.pairwise(originals, reconstructions).argmin(dim=0)
-    return nearest == torch.arange(reconstructions.shape[0])
+    count = reconstructions.shape[0]
+    pairs = Matching(torch.arange(count), torch.arange(count), torch.zeros(count))
+    return identified(semsim.pairwise(originals, reconstructions), pairs)

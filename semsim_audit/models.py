@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from attacks.spec import DataSpec
+from semsim_audit.core import DataSpec
 
 __all__ = ["MODELS", "build_model", "model_for", "LeNet", "ConvNet", "resnet18_cifar"]
 

@@ -75,8 +75,7 @@ def score_reconstructions(reconstructions: torch.Tensor, originals: torch.Tensor
     psnr = metrics.psnr(paired_originals, paired_recons)
     ssim = metrics.ssim(paired_originals, paired_recons)
     lpips = metrics.lpips(paired_originals, paired_recons)
-    # Identified: among ALL originals, the nearest one to the reconstruction is its own.
-    nearest = distances.argmin(dim=0)
+    identified = metrics.identified(distances, matching)
     scores = []
     for k in range(rows.shape[0]):
         row, col = int(rows[k]), int(cols[k])
@@ -90,7 +89,7 @@ def score_reconstructions(reconstructions: torch.Tensor, originals: torch.Tensor
             true_label=None if true_labels is None else int(true_labels[row]),
             recovered_label=(None if recovered_labels is None or col >= recovered_labels.numel()
                              else int(recovered_labels[col])),
-            identified=bool(int(nearest[col]) == row),
+            identified=bool(identified[k]),
         )
         if run_dir is not None:
             original_path, reconstruction_path = pair_image_paths(server_round, node_id, k)
@@ -105,7 +104,7 @@ def score_client(*, node_id: int, attack: str, result: Any, originals: torch.Ten
                  true_labels: torch.Tensor | None, semsim: Any, server_round: int,
                  local_steps: int | None = None, batch_size: int | None = None,
                  run_dir: str | Path | None = None) -> ClientAudit:
-    """One client's audit from an ``attacks.AttackResult``: failed results keep their reason."""
+    """One client's audit from an ``semsim_audit.attacks.AttackResult``: failed results keep their reason."""
     common = dict(node_id=node_id, attack=attack, num_images=int(originals.shape[0]),
                   local_steps=local_steps, batch_size=batch_size,
                   seconds=float(getattr(result, "seconds", 0.0) or 0.0))

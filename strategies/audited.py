@@ -3,7 +3,7 @@
 Like Flower's DP wrappers it holds an inner strategy and passes through what it does not change.
 configure_train marks the audited clients' messages; aggregate_train takes the ``audit.*``
 records off every reply before the inner strategy sees them, turns each audited client's update
-into an ``attacks.Observation`` (global arrays + client arrays + the train config it sent: never
+into an ``semsim_audit.attacks.Observation`` (global arrays + client arrays + the train config it sent: never
 the originals), submits the jobs to an executor and returns the inner strategy's result as is.
 Finished rounds go to the report and the sinks in round order.
 
@@ -34,13 +34,13 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result, Strategy
 from torch import nn
 
-from attacks import DataSpec, Observation
-from attacks.runtime import select_device
+from semsim_audit.attacks import DataSpec, Observation
 from semsim_audit.config import AuditConfig
+from semsim_audit.core import select_device
 from semsim_audit.report import ClientAudit, JsonlSink, PrivacyReport, ReportSink, RoundRecord
 from semsim_audit.scoring import score_client
-from strategies.executors import AuditJob, Executor, make_executor
-from strategies.mods import CAPTURE_KEY, RECORD_KEY, decode_record
+from semsim_audit.strategies.executors import AuditJob, Executor, make_executor
+from semsim_audit.strategies.mods import CAPTURE_KEY, RECORD_KEY, decode_record
 
 __all__ = ["AuditedStrategy", "AuditedFedAvg", "AUDIT_PREFIX"]
 

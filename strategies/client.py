@@ -19,7 +19,7 @@ from flwr.clientapp.typing import Mod
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from strategies.mods import audit_mod, record_batch
+from semsim_audit.strategies.mods import audit_mod, record_batch
 
 __all__ = ["make_client_app", "train_locally", "evaluate_model"]
 
@@ -84,7 +84,7 @@ def make_client_app(model_fn: Callable[[], nn.Module], load_partition: Callable[
     """A ClientApp training ``model_fn()`` on ``load_partition(context)`` (a dataset, or (train, eval)).
 
     ``mods`` (e.g. defenses) run inside ``audit_mod``, which is added first (outermost) unless
-    ``audit=False``; see :mod:`strategies.mods` for why.
+    ``audit=False``; see :mod:`semsim_audit.strategies.mods` for why.
     """
     app = ClientApp(mods=[audit_mod, *mods] if audit else list(mods))
 

@@ -1,7 +1,7 @@
 """Where attacks run: inline (blocking), a background thread, or Ray tasks — one interface.
 
 An executor receives one round's audit jobs at a time. It hands the jobs' observations (and
-nothing else: originals stay on the scoring side) to ``attacks.run_attacks``, one call per
+nothing else: originals stay on the scoring side) to ``semsim_audit.attacks.run_attacks``, one call per
 group of jobs that can share a batched optimisation, then gives each result to the scoring
 callback. A batch that raises is retried job by job, so one bad job fails alone; a job that
 raises or runs out of memory comes back as a failed audit with the reason. The result is a
@@ -44,7 +44,7 @@ class AuditJob:
 
 
 def _default_attack_fn() -> AttackFn:
-    from attacks import run_attacks
+    from semsim_audit.attacks import run_attacks
 
     return run_attacks
 
@@ -53,7 +53,7 @@ def group_jobs(jobs: Sequence[AuditJob], batch: bool = True) -> list[list[int]]:
     """Indices of jobs that can share one ``run_attacks`` call (same model and observation shape)."""
     if not batch or len(jobs) < 2:
         return [[i] for i in range(len(jobs))]
-    from attacks import batch_groups
+    from semsim_audit.attacks import batch_groups
 
     return [list(group) for group in batch_groups([job.observation for job in jobs])]
 

@@ -8,7 +8,7 @@ the ready-made ClientApp. Client mods run in this order, outermost first::
 
 The run-config mod puts ``run_config`` into every client's ``context.run_config`` (Flower's
 Python simulation API has no other way to pass it); ``audit_mod`` is outside the defenses, so
-the reply the server receives, and attacks, is the defended update (see :mod:`strategies.mods`).
+the reply the server receives, and attacks, is the defended update (see :mod:`semsim_audit.strategies.mods`).
 """
 
 from __future__ import annotations
@@ -26,16 +26,16 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 from torch.utils.data import Subset
 
-from attacks.runtime import seed_everything
 from semsim_audit.config import AuditConfig
+from semsim_audit.core import seed_everything
 from semsim_audit.data import load_dataset
 from semsim_audit.data import partition as partition_dataset
 from semsim_audit.models import model_for
 from semsim_audit.report import PrivacyReport, ReportSink
-from strategies.audited import AuditedFedAvg
-from strategies.client import evaluate_model, make_client_app
-from strategies.executors import RayExecutor
-from strategies.mods import EXPORT_ORIGINALS_KEY, audit_mod
+from semsim_audit.strategies.audited import AuditedFedAvg
+from semsim_audit.strategies.client import evaluate_model, make_client_app
+from semsim_audit.strategies.executors import RayExecutor
+from semsim_audit.strategies.mods import EXPORT_ORIGINALS_KEY, audit_mod
 
 __all__ = ["run_audited_simulation", "RunConfigMod"]
 
@@ -105,7 +105,8 @@ def run_audited_simulation(*, dataset: str = "photos", model: str = "convnet",
     """Run an audited FedAvg simulation and return its PrivacyReport (also on disk with out_dir).
 
     ``wrap_strategy`` wraps the inner FedAvg inside the audit (e.g. Flower's client-side DP wrapper,
-    ``strategies.defenses.dp_fixed_strategy``): the audit sees the replies before that wrapper does.
+    ``semsim_audit.strategies.defenses.dp_fixed_strategy``): the audit sees the replies before that
+    wrapper does.
     """
     from flwr.simulation import run_simulation
 

@@ -1,8 +1,9 @@
 """`semsim-audit bench`: the privacy-utility sweep over defenses x strengths x seeds.
 
-Each cell is one audited Flower simulation (``strategies.simulation.run_audited_simulation``) with
-the same data, model, attack and audit budget; only the defense, its strength and the seed change.
-The defenses are the client mods of :mod:`strategies.defenses`, switched on by the cell's run config.
+Each cell is one audited Flower simulation (``semsim_audit.strategies.run_audited_simulation``)
+with the same data, model, attack and audit budget; only the defense, its strength and the seed
+change. The defenses are the client mods of :mod:`semsim_audit.strategies.defenses`, switched on by
+the cell's run config.
 Flower is imported inside the command only, so ``--help`` and spec errors come fast.
 """
 
@@ -131,8 +132,8 @@ def bench(
     except ValueError as error:
         fail(str(error))
 
-    from strategies.defenses import defense_mods, dp_fixed_strategy
-    from strategies.simulation import run_audited_simulation
+    from semsim_audit.strategies.defenses import defense_mods, dp_fixed_strategy
+    from semsim_audit.strategies.simulation import run_audited_simulation
 
     def run_cell(cell: Cell, folder: Path) -> Any:
         run_config = cell.run_config(options)

@@ -20,7 +20,7 @@ def info() -> None:
     """Show versions, the device an audit would use, and where data and checkpoints are."""
     import torch
 
-    from attacks.runtime import select_device
+    from semsim_audit.core import select_device
     from semsim_audit.data import DATASETS
 
     table = Table(title="semsim-audit", show_header=False)

@@ -165,7 +165,7 @@ def demo(
                         semsim_checkpoint=str(semsim_checkpoint) if semsim_checkpoint else None)
 
     # Flower (and Ray) load only here: every other command starts without them.
-    from strategies.simulation import run_audited_simulation
+    from semsim_audit.strategies.simulation import run_audited_simulation
 
     console = Console()
     console.print(f"[bold]semsim-audit demo[/]: {clients} clients x {rounds} rounds of FedAvg on {dataset!r} "
@@ -215,7 +215,7 @@ def _model_or_fail(name: str, spec: Any, options: dict[str, Any] | None = None) 
 
 
 def _device_or_fail(device: str) -> Any:
-    from attacks.runtime import select_device
+    from semsim_audit.core import select_device
 
     try:
         return select_device(device)
@@ -224,7 +224,7 @@ def _device_or_fail(device: str) -> Any:
 
 
 def _attack_name_or_fail(name: str) -> str:
-    from attacks import ATTACKS
+    from semsim_audit.attacks import ATTACKS
 
     if name not in ATTACKS:
         fail(f"--attack: unknown attack {name!r}; known attacks: {', '.join(sorted(ATTACKS))}")
@@ -282,7 +282,8 @@ def attack(
 
     import torch
 
-    from attacks import AttackConfig, Observation, run_attack, seed_everything
+    from semsim_audit.attacks import AttackConfig, Observation, run_attack
+    from semsim_audit.core import seed_everything
     from semsim_audit.scoring import score_client
     from semsim_audit.semsim import SemSim
     from semsim_audit.views import new_run_dir, render_run

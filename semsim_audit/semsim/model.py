@@ -1,7 +1,7 @@
 """The SemSim embedding network: a CIFAR-style ResNet-18, with or without a projection head.
 
 ``head="none"`` is the released model: the 512-d (8 x width) pooled feature is the embedding.
-``head="stats"`` (issue 9; the default of ``semsim-audit semsim train``) summarises each image by the
+``head="stats"`` (the default of ``semsim-audit semsim train``) summarises each image by the
 per-channel mean and standard deviation of the stem and of every ResNet stage, standardises that with
 statistics of the training images (stored as buffers), and maps it with a two-layer MLP to a 64-d
 embedding. With a frozen backbone only the head learns, which needs far fewer annotated identities
@@ -15,17 +15,16 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.models.resnet import BasicBlock, ResNet
 
-from attacks.runtime import normalize
-from semsim_audit.data import CIFAR100_STATS
-from semsim_audit.models import resnet18_cifar
+from semsim_audit.core import normalize
 
 __all__ = ["ARCHITECTURE", "HEADS", "INPUT_SIZE", "NORMALISATION", "SemSimNet", "prepare_images"]
 
 ARCHITECTURE = "resnet18-cifar"
 INPUT_SIZE = 32
-# The released model normalises with CIFAR-100 statistics whatever the data; so do we.
-NORMALISATION = {"mean": list(CIFAR100_STATS[0]), "std": list(CIFAR100_STATS[1])}
+# The released model normalises with CIFAR-100's statistics whatever the data; so do we.
+NORMALISATION = {"mean": [0.5071, 0.4865, 0.4409], "std": [0.2673, 0.2564, 0.2762]}
 HEADS = ("none", "stats")
 HEAD_HIDDEN = 256
 HEAD_DIM = 64
@@ -52,6 +51,29 @@ def prepare_images(images: torch.Tensor, name: str = "images") -> torch.Tensor:
     return images.clamp(0.0, 1.0)
 
 
+def backbone(width: int) -> ResNet:
+    """The released backbone: torchvision's ResNet-18 for 32x32 inputs (3x3 stride-1 stem, no max-pool),
+    stages of width w, 2w, 4w, 8w, no classifier.
+
+    SemSim owns this definition (the victim models do not share it): checkpoints store its
+    parameter names and shapes, and a change here would silently change every judge. The layers
+    are built in torchvision's order, so a seeded random backbone is the same on every version.
+    """
+    model = ResNet(BasicBlock, [2, 2, 2, 2], num_classes=1)
+    if width != 64:
+        model.inplanes = width
+        model.bn1 = nn.BatchNorm2d(width)
+        model.layer1 = model._make_layer(BasicBlock, width, 2)
+        model.layer2 = model._make_layer(BasicBlock, 2 * width, 2, stride=2)
+        model.layer3 = model._make_layer(BasicBlock, 4 * width, 2, stride=2)
+        model.layer4 = model._make_layer(BasicBlock, 8 * width, 2, stride=2)
+        model.fc = nn.Linear(8 * width, 1)
+    model.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    model.fc = nn.Identity()
+    return model
+
+
 class SemSimNet(nn.Module):
     """[0, 1] images of any size and 1 or 3 channels -> L2-normalised embeddings (N, embedding_dim)."""
 
@@ -63,8 +85,7 @@ class SemSimNet(nn.Module):
             raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
         self.width = width
         self.head_kind = head
-        self.backbone = resnet18_cifar(in_channels=3, num_classes=1, width=width)
-        self.backbone.fc = nn.Identity()
+        self.backbone = backbone(width)
         if head == "stats":
             features = self.statistics_dim
             self.head = nn.Sequential(nn.Linear(features, HEAD_HIDDEN), nn.ReLU(),

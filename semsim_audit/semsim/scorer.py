@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from attacks.runtime import select_device
+from semsim_audit.core import select_device
 from semsim_audit.semsim.checkpoint import CheckpointMetadata, load_checkpoint
 from semsim_audit.semsim.model import SemSimNet
 

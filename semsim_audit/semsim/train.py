@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attacks.runtime import seed_everything, select_device
+from semsim_audit.core import seed_everything, select_device
 from semsim_audit.semsim.annotations import Annotations, load_image, read_annotations, split_identities
 from semsim_audit.semsim.calibration import calibrate_threshold, roc_auc
 from semsim_audit.semsim.checkpoint import (

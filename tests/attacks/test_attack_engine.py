@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from attacks import ATTACKS, AttackConfig, AttackResult, Observation, run_attack, run_attacks
+from semsim_audit.attacks import ATTACKS, AttackConfig, AttackResult, Observation, run_attack, run_attacks
 from semsim_audit.models import model_for
 
 

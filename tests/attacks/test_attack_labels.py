@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from attacks import Observation, recover_labels
+from semsim_audit.attacks import Observation, recover_labels
 from semsim_audit.models import model_for
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from attacks import AttackConfig, DataSpec, Observation, batch_groups
+from semsim_audit.attacks import AttackConfig, DataSpec, Observation, batch_groups
 from semsim_audit.models import model_for
 
 SPEC = DataSpec(shape=(3, 32, 32), num_classes=10, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))

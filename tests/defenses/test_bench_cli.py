@@ -47,7 +47,7 @@ def test_resuming_with_other_settings_exits_2(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_tiny_sweep_ranks_defenses_and_resumes(tmp_path: Path) -> None:
     from semsim_audit.config import AuditConfig
-    from strategies.simulation import run_audited_simulation
+    from semsim_audit.strategies.simulation import run_audited_simulation
 
     out = tmp_path / "sweep"
     args = ["bench", *TINY, "--defense", "none", "--defense", "noise:1.0", "--defense", "prune:0.99",

@@ -65,7 +65,7 @@ def test_defense_options() -> None:
 
 def test_bench_keys_are_the_keys_the_mods_read() -> None:
     pytest.importorskip("flwr")
-    from strategies.defenses import DEFENSE_KEYS
+    from semsim_audit.strategies.defenses import DEFENSE_KEYS
 
     for name, kind in DEFENSES.items():
         if kind.key is None:

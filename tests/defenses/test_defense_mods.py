@@ -19,7 +19,7 @@ from flwr.app import (
 )
 from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping, FedAvg
 
-from strategies.defenses import (
+from semsim_audit.strategies.defenses import (
     clip_mod,
     defense_mods,
     dp_fixed_clipping_mod,

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from attacks import DataSpec
+from semsim_audit.attacks import DataSpec
 from semsim_audit.models import MODELS, build_model, model_for
 
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from attacks import DataSpec, denormalize, normalize, seed_everything, select_device
+from semsim_audit.core import DataSpec, denormalize, normalize, seed_everything, select_device
 
 
 def test_auto_device_follows_cuda_availability():

@@ -11,7 +11,7 @@ from flwr.app import Context
 
 from semsim_audit.data import load_dataset, partition
 from semsim_audit.models import model_for
-from strategies.local import set_task_identity
+from semsim_audit.strategies.local import set_task_identity
 
 
 @pytest.fixture(autouse=True)

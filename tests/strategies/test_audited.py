@@ -20,13 +20,13 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
-from attacks import Observation, run_attacks
+from semsim_audit.attacks import Observation, run_attacks
 from semsim_audit.config import AuditConfig
 from semsim_audit.report import read_jsonl
-from strategies import AuditedFedAvg, AuditedStrategy, make_client_app
-from strategies.executors import InlineExecutor, ThreadExecutor
-from strategies.local import InProcessGrid as LocalGrid
-from strategies.mods import CAPTURE_KEY, RECORD_KEY
+from semsim_audit.strategies import AuditedFedAvg, AuditedStrategy, make_client_app
+from semsim_audit.strategies.executors import InlineExecutor, ThreadExecutor
+from semsim_audit.strategies.local import InProcessGrid as LocalGrid
+from semsim_audit.strategies.mods import CAPTURE_KEY, RECORD_KEY
 
 EXPORT = {"audit-export-originals": True}
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 
-from strategies import make_client_app
-from strategies.client import evaluate_model, train_locally
-from strategies.mods import CAPTURE_KEY, RECORD_KEY, decode_record
-from strategies.simulation import RunConfigMod
+from semsim_audit.strategies import make_client_app
+from semsim_audit.strategies.client import evaluate_model, train_locally
+from semsim_audit.strategies.mods import CAPTURE_KEY, RECORD_KEY, decode_record
+from semsim_audit.strategies.simulation import RunConfigMod
 
 
 def _train_message(setup, **config: Any) -> Message:

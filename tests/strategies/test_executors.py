@@ -9,9 +9,16 @@ from typing import Any
 import pytest
 import torch
 
-from attacks import Observation
+from semsim_audit.attacks import Observation
 from semsim_audit.report import ClientAudit
-from strategies.executors import AuditJob, InlineExecutor, ThreadExecutor, group_jobs, make_executor, run_jobs
+from semsim_audit.strategies.executors import (
+    AuditJob,
+    InlineExecutor,
+    ThreadExecutor,
+    group_jobs,
+    make_executor,
+    run_jobs,
+)
 
 
 def _jobs(setup, count: int = 3) -> list[AuditJob]:

@@ -8,8 +8,8 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 
-import strategies.mods as mods
-from strategies.mods import CAPTURE_KEY, RECORD_KEY, audit_mod, decode_record, record_batch
+import semsim_audit.strategies.mods as mods
+from semsim_audit.strategies.mods import CAPTURE_KEY, RECORD_KEY, audit_mod, decode_record, record_batch
 
 
 def _context(**run_config) -> Context:

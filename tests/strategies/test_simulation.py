@@ -15,7 +15,7 @@ from flwr.app import Context, Message
 
 from semsim_audit.config import AuditConfig
 from semsim_audit.report import read_jsonl
-from strategies import run_audited_simulation
+from semsim_audit.strategies import run_audited_simulation
 
 
 class ProbeMod:
@@ -71,8 +71,8 @@ from conftest import Setup
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from semsim_audit.config import AuditConfig
 from semsim_audit.data import load_dataset
-from strategies import AuditedStrategy, make_client_app
-from strategies.local import InProcessGrid, set_task_identity
+from semsim_audit.strategies import AuditedStrategy, make_client_app
+from semsim_audit.strategies.local import InProcessGrid, set_task_identity
 from flwr.serverapp.strategy import FedAvg
 
 set_task_identity()

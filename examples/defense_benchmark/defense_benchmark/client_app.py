@@ -12,9 +12,9 @@ from flwr.clientapp.typing import ClientAppCallable
 from defense_benchmark.settings import defense_cell, settings
 from semsim_audit.data import load_dataset, partition
 from semsim_audit.models import model_for
-from strategies import make_client_app
-from strategies.defenses import defense_mods
-from strategies.mods import audit_mod
+from semsim_audit.strategies import make_client_app
+from semsim_audit.strategies.defenses import defense_mods
+from semsim_audit.strategies.mods import audit_mod
 
 
 class RunSettings:

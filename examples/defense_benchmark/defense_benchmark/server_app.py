@@ -10,15 +10,15 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
-from attacks.runtime import seed_everything
 from defense_benchmark.settings import defense_cell, settings
 from semsim_audit.config import AuditConfig
+from semsim_audit.core import seed_everything
 from semsim_audit.data import load_dataset
 from semsim_audit.models import model_for
 from semsim_audit.report import LogSink, PrivacyReport
-from strategies import AuditedStrategy
-from strategies.client import evaluate_model
-from strategies.defenses import dp_fixed_strategy
+from semsim_audit.strategies import AuditedStrategy
+from semsim_audit.strategies.client import evaluate_model
+from semsim_audit.strategies.defenses import dp_fixed_strategy
 
 
 def run(grid: Grid, config: Mapping[str, Any]) -> PrivacyReport:

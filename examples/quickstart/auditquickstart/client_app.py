@@ -6,7 +6,7 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from auditquickstart.task import client_shard, make_model, train
-from strategies import audit_mod
+from semsim_audit.strategies import audit_mod
 
 # audit_mod first: the outermost mod, so it sees the reply exactly as it leaves the client.
 app = ClientApp(mods=[audit_mod])

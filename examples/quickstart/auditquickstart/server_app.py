@@ -10,8 +10,8 @@ from flwr.serverapp import Grid, ServerApp
 from auditquickstart.task import dataset, evaluate, make_model
 from semsim_audit import AuditConfig
 from semsim_audit.report import LogSink
+from semsim_audit.strategies import AuditedFedAvg
 from semsim_audit.views import RunFolderSink, new_run_dir
-from strategies import AuditedFedAvg
 
 app = ServerApp()
 

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from semsim_audit.data import ImageDataset, load_dataset, partition
 from semsim_audit.models import model_for
-from strategies import record_batch
+from semsim_audit.strategies import record_batch
 
 DATASET = "photos"
 

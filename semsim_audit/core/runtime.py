@@ -1,8 +1,4 @@
-"""Device selection, seeding and image normalisation: the one helper for each.
-
-These live in the lowest layer (``attacks``) so that every package can share them without
-``attacks`` importing anything of ours; ``semsim_audit.utils`` re-exports them.
-"""
+"""Device selection, seeding and image normalisation: the one helper for each."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from attacks.runtime import denormalize, normalize
+from semsim_audit.core.runtime import denormalize, normalize
 
 __all__ = ["DataSpec"]
 

@@ -1,0 +1,10 @@
+"""The lowest layer: what every other part shares and nothing of ours is imported by.
+
+Device selection, seeding, image normalisation and :class:`DataSpec` (the public description of
+a dataset). Each has exactly one definition here.
+"""
+
+from semsim_audit.core.runtime import denormalize, normalize, seed_everything, select_device
+from semsim_audit.core.spec import DataSpec
+
+__all__ = ["DataSpec", "select_device", "seed_everything", "normalize", "denormalize"]
