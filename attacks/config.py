@@ -1,82 +1,71 @@
-"""Attack settings (built from a plain dict) and the result of one attacked observation."""
+"""Attack settings, declared once, and the result of one attacked observation."""
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-__all__ = ["AttackConfig", "AttackResult", "TrialStatus", "OBJECTIVES", "OPTIMIZERS", "LABEL_METHODS"]
+from semsim_audit.core import select_device
 
-OBJECTIVES = ("l2", "cosine")
-OPTIMIZERS = ("signed-adam", "adam", "lbfgs")
-LABEL_METHODS = ("analytic", "idlg", "batch", "joint")
-MODEL_MODES = ("train", "eval")
+__all__ = ["AttackConfig", "AttackResult", "TrialStatus"]
+
+Count = Annotated[int, Field(strict=True, ge=1)]
+Weight = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
-@dataclass
-class AttackConfig:
-    """Run settings; ``None`` means "the attack recipe's default" (see ``ATTACKS[name].defaults``).
+class AttackConfig(BaseModel):
+    """Every setting of an attack, each declared once, with its type and its check.
 
-    Build it from a plain dict with ``AttackConfig(**settings)``; an unknown key raises TypeError
-    naming it, a bad value raises ValueError naming the field.
+    A user sets what they want to change (``AttackConfig(iterations=2000, tv_weight=0.02)``); the
+    attack's recipe (``ATTACKS[name].settings``) supplies the rest, and :meth:`resolve` merges the
+    two. The engine runs the resolved config, so a setting means the same thing in all three
+    places. A bad value or unknown key raises ``pydantic.ValidationError`` (a ValueError) naming
+    the field.
     """
 
-    iterations: int = 1000
-    restarts: int = 1
-    seed: int = 0
-    lr: float | None = None
-    tv_weight: float | None = None
-    l2_weight: float | None = None
-    bn_weight: float | None = None
-    consistency_weight: float | None = None
-    objective: str | None = None
-    optimizer: str | None = None
-    labels: str | None = None
-    layer_weights: tuple[float, ...] | None = None
-    schedule: bool | None = None
-    box: bool | None = None
-    model_mode: str = "train"
-    history_size: int = 100
-    device: str = "auto"
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    def __post_init__(self) -> None:
-        for name in ("iterations", "restarts", "history_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"AttackConfig.{name} must be a positive integer, got {value!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"AttackConfig.seed must be a non-negative integer, got {self.seed!r}")
-        if self.lr is not None and not (_is_number(self.lr) and self.lr > 0):
-            raise ValueError(f"AttackConfig.lr must be a positive number, got {self.lr!r}")
-        for name in ("tv_weight", "l2_weight", "bn_weight", "consistency_weight"):
-            value = getattr(self, name)
-            if value is not None and not (_is_number(value) and value >= 0):
-                raise ValueError(f"AttackConfig.{name} must be a non-negative number, got {value!r}")
-        choices = (("objective", OBJECTIVES), ("optimizer", OPTIMIZERS), ("labels", LABEL_METHODS))
-        for name, allowed in choices:
-            value = getattr(self, name)
-            if value is not None and value not in allowed:
-                raise ValueError(f"AttackConfig.{name} must be one of {', '.join(allowed)}, got {value!r}")
-        if self.model_mode not in MODEL_MODES:
-            raise ValueError(f"AttackConfig.model_mode must be one of {', '.join(MODEL_MODES)}, "
-                             f"got {self.model_mode!r}")
-        if self.layer_weights is not None:
-            weights = tuple(self.layer_weights)
-            if not weights or not all(_is_number(w) and w >= 0 for w in weights):
-                raise ValueError("AttackConfig.layer_weights must be non-negative numbers, one per "
-                                 f"parameter tensor, got {self.layer_weights!r}")
-            self.layer_weights = tuple(float(w) for w in weights)
-        if not isinstance(self.device, str):
-            raise ValueError(f"AttackConfig.device must be a string such as 'auto', got {self.device!r}")
+    # How long and from where: the run's budget, its randomness, the device.
+    iterations: Count = Field(1000, description="optimisation steps")
+    restarts: Count = Field(1, description="independent trials per observation; the best match wins")
+    seed: Annotated[int, Field(strict=True, ge=0)] = 0
+    device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:N]'")
+    model_mode: Literal["train", "eval"] = Field(
+        "train", description="BatchNorm on batch statistics (train, as the client computed) or running ones")
+    history_size: Count = Field(100, description="L-BFGS curvature pairs kept")
+    # What a recipe chooses.
+    objective: Literal["l2", "cosine"] = Field("l2", description="gradient distance: L2 (DLG) or 1 - cosine")
+    optimizer: Literal["signed-adam", "adam", "lbfgs"] = "adam"
+    lr: float = Field(0.1, gt=0, allow_inf_nan=False)
+    labels: Literal["analytic", "idlg", "batch", "joint"] = Field(
+        "analytic", description="label recovery; known labels (labels_known threat model) always win")
+    tv_weight: Weight = 0.0
+    l2_weight: Weight = 0.0
+    bn_weight: Weight = Field(0.0, description="BatchNorm-statistics prior (models with BatchNorm)")
+    consistency_weight: Weight = Field(0.0, description="pull of each restart to the restarts' mean")
+    layer_weights: tuple[Weight, ...] | None = Field(
+        None, min_length=1, description="one weight per parameter tensor in the matching loss")
+    schedule: bool = Field(False, description="lr x 0.1 at 3/8, 5/8 and 7/8 of the run")
+    box: bool = Field(False, description="keep pixels inside [0, 1] after every step")
 
-    def to_dict(self) -> dict[str, object]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        select_device(value)  # raises ValueError naming the device
+        return value
 
+    def explicit(self) -> dict[str, Any]:
+        """The settings this config sets itself (the others come from a recipe)."""
+        return self.model_dump(include=self.model_fields_set)
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    def resolve(self, recipe: AttackConfig | Mapping[str, Any]) -> AttackConfig:
+        """``recipe``'s settings under the ones this config sets explicitly."""
+        base = recipe.explicit() if isinstance(recipe, AttackConfig) else dict(recipe)
+        return AttackConfig.model_validate({**base, **self.explicit()})
 
 
 @dataclass(frozen=True)

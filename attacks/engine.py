@@ -19,6 +19,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from semsim_audit.attacks.config import AttackConfig
 from semsim_audit.attacks.objectives import batchnorm_prior, gradient_distance, l2_prior, total_variation
 from semsim_audit.attacks.observation import Observation
 from semsim_audit.attacks.optimizers import make_optimizer, step_factor
@@ -28,26 +29,12 @@ __all__ = ["Plan", "EngineOutput", "optimise", "batchnorm_layers"]
 
 @dataclass(frozen=True)
 class Plan:
-    """Fully resolved settings of one batched optimisation (a recipe's defaults + the user's config)."""
+    """One batched optimisation: the resolved settings and what follows from the recipe and the data."""
 
-    objective: str
-    optimizer: str
-    lr: float
-    iterations: int
-    restarts: int
-    seed: int
-    tv_weight: float
-    l2_weight: float
-    bn_weight: float
-    consistency_weight: float
-    layer_weights: tuple[float, ...] | None
-    joint_labels: bool
-    unroll: bool
-    schedule: bool
-    box: bool
-    model_mode: str
-    history_size: int
+    settings: AttackConfig
     device: torch.device
+    joint_labels: bool   # labels are optimised with the images (DLG) instead of fixed
+    unroll: bool         # match the weight delta of unrolled local steps (FedAvg)
 
 
 @dataclass
@@ -119,6 +106,7 @@ def _local_batches(num_samples: int, batch_size: int) -> list[slice]:
 def _trial_loss(model: nn.Module, plan: Plan, observation: Observation, layer_weights: Sequence[float],
                 probe: _BatchNormProbe | None) -> Callable:
     """Loss of one trial: (params, buffers, target, hyper, bn_running, images, label_input) -> (loss, aux)."""
+    settings = plan.settings
     steps = observation.local_steps if plan.unroll and observation.kind == "update" else 1
     batches = _local_batches(observation.num_samples, observation.batch_size)
 
@@ -144,17 +132,17 @@ def _trial_loss(model: nn.Module, plan: Plan, observation: Observation, layer_we
     def loss(params, buffers, target, hyper, bn_running, images, label_input):
         probabilities = label_input.softmax(-1) if plan.joint_labels else label_input
         produced = produced_update(params, buffers, images, probabilities, hyper)
-        matching = gradient_distance(produced, target, layer_weights, plan.objective)
+        matching = gradient_distance(produced, target, layer_weights, settings.objective)
         total = matching
-        if plan.tv_weight > 0:
-            total = total + plan.tv_weight * total_variation(images)
-        if plan.l2_weight > 0:
-            total = total + plan.l2_weight * l2_prior(images)
-        if plan.bn_weight > 0 and probe is not None:
+        if settings.tv_weight > 0:
+            total = total + settings.tv_weight * total_variation(images)
+        if settings.l2_weight > 0:
+            total = total + settings.l2_weight * l2_prior(images)
+        if settings.bn_weight > 0 and probe is not None:
             probe.records = []
             functional_call(model, (params, buffers), (images,))
             records, probe.records = probe.records, None
-            total = total + plan.bn_weight * batchnorm_prior(records, bn_running)
+            total = total + settings.bn_weight * batchnorm_prior(records, bn_running)
         return total, (total, matching)
 
     return loss
@@ -167,22 +155,22 @@ def optimise(observations: Sequence[Observation], plan: Plan,
     ``labels`` is (O, B) long when labels are fixed (known or recovered); None with joint labels.
     """
     start = time.perf_counter()
-    device = plan.device
+    settings, device = plan.settings, plan.device
     first = observations[0]
-    count, restarts, batch = len(observations), plan.restarts, first.num_samples
+    count, restarts, batch = len(observations), settings.restarts, first.num_samples
     channels, height, width = first.spec.shape
     num_classes = first.spec.num_classes
     parameter_names = list(first.target)
-    layer_weights = plan.layer_weights or (1.0,) * len(parameter_names)
+    layer_weights = settings.layer_weights or (1.0,) * len(parameter_names)
     if len(layer_weights) != len(parameter_names):
         raise ValueError(f"layer_weights has {len(layer_weights)} entries, the model has "
                          f"{len(parameter_names)} parameter tensors")
 
-    model = _functional_model(first.model, plan.model_mode).to(device)
+    model = _functional_model(first.model, settings.model_mode).to(device)
     bn_names = batchnorm_layers(first.model)
-    probe = _BatchNormProbe(model, bn_names) if plan.bn_weight > 0 and bn_names else None
+    probe = _BatchNormProbe(model, bn_names) if settings.bn_weight > 0 and bn_names else None
     params = _stack([o.weights for o in observations], device)
-    buffers = _stack([o.buffers for o in observations], device) if plan.model_mode == "eval" else {}
+    buffers = _stack([o.buffers for o in observations], device) if settings.model_mode == "eval" else {}
     use_update = plan.unroll and first.kind == "update"
     target = _stack([o.target if use_update else o.as_gradient() for o in observations], device)
     hyper = torch.tensor([[o.lr, o.momentum, o.weight_decay] for o in observations], device=device)
@@ -193,7 +181,7 @@ def optimise(observations: Sequence[Observation], plan: Plan,
     # Seeded per restart on the CPU: a trial starts the same whatever its batch and device.
     images, label_logits = [], []
     for restart in range(restarts):
-        generator = torch.Generator().manual_seed(plan.seed * 100_003 + restart)
+        generator = torch.Generator().manual_seed(settings.seed * 100_003 + restart)
         images.append(torch.randn((batch, channels, height, width), generator=generator))
         label_logits.append(torch.randn((batch, num_classes), generator=generator))
     candidates = torch.stack(images).unsqueeze(0).repeat(count, 1, 1, 1, 1, 1).to(device)
@@ -209,7 +197,7 @@ def optimise(observations: Sequence[Observation], plan: Plan,
     spec = first.spec
     low = ((0.0 - torch.tensor(spec.mean)) / torch.tensor(spec.std)).view(1, 1, 1, -1, 1, 1).to(device)
     high = ((1.0 - torch.tensor(spec.mean)) / torch.tensor(spec.std)).view(1, 1, 1, -1, 1, 1).to(device)
-    if plan.box:
+    if settings.box:
         variables[0] = torch.maximum(torch.minimum(variables[0], high), low)
 
     trial = _trial_loss(model, plan, first, layer_weights, probe)
@@ -227,20 +215,20 @@ def optimise(observations: Sequence[Observation], plan: Plan,
         gradients, (total, matching) = batched(params, buffers, target, hyper, bn_running,
                                                current[0], labels_now)
         gradients = list(gradients)
-        if plan.consistency_weight > 0 and restarts > 1:
+        if settings.consistency_weight > 0 and restarts > 1:
             # GradInversion's group consistency: pull each restart toward the mean image of the
             # observation's live restarts (a diverged one must not drag its siblings).
             weight = per_trial(alive, current[0]).to(current[0].dtype)
             centre = (current[0] * weight).sum(1, keepdim=True) / weight.sum(1, keepdim=True).clamp_min(1.0)
             offset = current[0] - centre
             elements = offset[0, 0].numel()
-            total = total + plan.consistency_weight * offset.pow(2).flatten(2).sum(-1) / elements
-            gradients[0] = gradients[0] + plan.consistency_weight * 2.0 * offset / elements
+            total = total + settings.consistency_weight * offset.pow(2).flatten(2).sum(-1) / elements
+            gradients[0] = gradients[0] + settings.consistency_weight * 2.0 * offset / elements
         return gradients, total, matching
 
     alive = torch.ones((count, restarts), dtype=torch.bool, device=device)
-    optimizer = make_optimizer(plan.optimizer, plan.history_size)
-    for iteration in range(plan.iterations):
+    optimizer = make_optimizer(settings.optimizer, settings.history_size)
+    for iteration in range(settings.iterations):
         gradients, total, _ = evaluate(variables, alive)
         finite = torch.isfinite(total)
         for gradient in gradients:
@@ -248,9 +236,9 @@ def optimise(observations: Sequence[Observation], plan: Plan,
         alive = alive & finite
         # A diverged trial is frozen with zero gradients: its NaNs never reach another trial's slice.
         gradients = [torch.where(per_trial(alive, g), g, torch.zeros_like(g)) for g in gradients]
-        lr = plan.lr * (step_factor(iteration, plan.iterations) if plan.schedule else 1.0)
+        lr = settings.lr * (step_factor(iteration, settings.iterations) if settings.schedule else 1.0)
         stepped = optimizer.step(variables, gradients, lr)
-        if plan.box:
+        if settings.box:
             stepped[0] = torch.maximum(torch.minimum(stepped[0], high), low)
         variables = [torch.where(per_trial(alive, new), new, old) for new, old in zip(stepped, variables,
                                                                                        strict=True)]

@@ -18,51 +18,37 @@ __all__ = ["Attack", "ATTACKS", "run_attack", "run_attacks"]
 
 @dataclass(frozen=True)
 class Attack:
-    """A recipe: defaults for every setting the user left as None in :class:`AttackConfig`."""
+    """A recipe: the settings it chooses (an :class:`AttackConfig` with only those set) and its structure."""
 
     name: str
     description: str
-    objective: str
-    optimizer: str
-    lr: float
-    labels: str                     # analytic | idlg | batch | joint (known labels always win)
-    tv_weight: float = 0.0
-    l2_weight: float = 0.0
-    bn_weight: float = 0.0
-    consistency_weight: float = 0.0
-    schedule: bool = False
-    box: bool = False
+    settings: AttackConfig
     unroll: bool = False            # match the weight delta of unrolled local SGD steps (FedAvg)
     needs_batchnorm: bool = False   # falls back (bn_weight = 0) with a note where the model has none
     references: tuple[str, ...] = field(default=())
 
-    @property
-    def defaults(self) -> dict[str, object]:
-        return {"objective": self.objective, "optimizer": self.optimizer, "lr": self.lr,
-                "labels": self.labels, "tv_weight": self.tv_weight, "l2_weight": self.l2_weight,
-                "bn_weight": self.bn_weight, "consistency_weight": self.consistency_weight,
-                "schedule": self.schedule, "box": self.box}
-
 
 ATTACKS: dict[str, Attack] = {attack.name: attack for attack in (
     Attack("dlg", "Deep Leakage from Gradients: L2 matching, images and soft labels jointly by L-BFGS",
-           objective="l2", optimizer="lbfgs", lr=1.0, labels="joint",
+           AttackConfig(objective="l2", optimizer="lbfgs", lr=1.0, labels="joint"),
            references=("Zhu et al., NeurIPS 2019",)),
     Attack("idlg", "iDLG: labels read off the last layer's gradient, then DLG's L2 matching by L-BFGS",
-           objective="l2", optimizer="lbfgs", lr=1.0, labels="analytic",
+           AttackConfig(objective="l2", optimizer="lbfgs", lr=1.0, labels="analytic"),
            references=("Zhao et al., 2020",)),
     Attack("inverting-gradients", "Inverting Gradients: 1 - cosine matching + TV, signed Adam, box, schedule",
-           objective="cosine", optimizer="signed-adam", lr=0.1, labels="analytic", tv_weight=1e-2,
-           schedule=True, box=True, references=("Geiping et al., NeurIPS 2020",)),
+           AttackConfig(objective="cosine", optimizer="signed-adam", lr=0.1, labels="analytic",
+                        tv_weight=1e-2, schedule=True, box=True),
+           references=("Geiping et al., NeurIPS 2020",)),
     Attack("gradinversion", "GradInversion: batch labels, L2 matching + TV, L2 and BatchNorm-statistics "
            "priors, seed-group consistency, Adam",
-           objective="l2", optimizer="adam", lr=0.1, labels="batch", tv_weight=1e-4, l2_weight=1e-6,
-           bn_weight=1e-2, consistency_weight=1e-2, schedule=True, box=True, needs_batchnorm=True,
-           references=("Yin et al., CVPR 2021",)),
+           AttackConfig(objective="l2", optimizer="adam", lr=0.1, labels="batch", tv_weight=1e-4,
+                        l2_weight=1e-6, bn_weight=1e-2, consistency_weight=1e-2, schedule=True, box=True),
+           needs_batchnorm=True, references=("Yin et al., CVPR 2021",)),
     Attack("fedavg", "FedAvg inversion: unroll the client's local SGD steps at the known lr on the "
            "candidate batch and match the weight delta (cosine + TV, signed Adam)",
-           objective="cosine", optimizer="signed-adam", lr=0.1, labels="analytic", tv_weight=1e-2,
-           schedule=True, box=True, unroll=True, references=("Geiping et al., NeurIPS 2020, sec. 5",)),
+           AttackConfig(objective="cosine", optimizer="signed-adam", lr=0.1, labels="analytic",
+                        tv_weight=1e-2, schedule=True, box=True),
+           unroll=True, references=("Geiping et al., NeurIPS 2020, sec. 5",)),
 )}
 
 
@@ -73,22 +59,13 @@ def _attack(name: str) -> Attack:
 
 
 def _plan(attack: Attack, config: AttackConfig, first: Observation, notes: list[str]) -> tuple[Plan, str]:
-    settings = {key: (getattr(config, key) if getattr(config, key) is not None else default)
-                for key, default in attack.defaults.items()}
-    labels = "known" if first.labels is not None else str(settings["labels"])
-    bn_weight = float(settings["bn_weight"])  # type: ignore[arg-type]
-    if bn_weight > 0 and not batchnorm_layers(first.model):
+    settings = config.resolve(attack.settings)
+    labels = "known" if first.labels is not None else settings.labels
+    if settings.bn_weight > 0 and not batchnorm_layers(first.model):
         notes.append("model has no BatchNorm layers: BatchNorm-statistics prior skipped")
-        bn_weight = 0.0
-    plan = Plan(objective=str(settings["objective"]), optimizer=str(settings["optimizer"]),
-                lr=float(settings["lr"]), iterations=config.iterations,  # type: ignore[arg-type]
-                restarts=config.restarts, seed=config.seed,
-                tv_weight=float(settings["tv_weight"]), l2_weight=float(settings["l2_weight"]),  # type: ignore[arg-type]
-                bn_weight=bn_weight, consistency_weight=float(settings["consistency_weight"]),  # type: ignore[arg-type]
-                layer_weights=config.layer_weights, joint_labels=labels == "joint",
-                unroll=attack.unroll, schedule=bool(settings["schedule"]), box=bool(settings["box"]),
-                model_mode=config.model_mode, history_size=config.history_size,
-                device=select_device(config.device))
+        settings = settings.model_copy(update={"bn_weight": 0.0})
+    plan = Plan(settings=settings, device=select_device(settings.device), joint_labels=labels == "joint",
+                unroll=attack.unroll)
     return plan, labels
 
 
@@ -111,26 +88,27 @@ def _attack_group(attack: Attack, observations: Sequence[Observation],
     if not attack.unroll and observations[0].kind == "update":
         notes.append(f"{observations[0].local_steps} local steps read as one averaged gradient")
     output = optimise(observations, plan, _fixed_labels(observations, label_method))
+    settings = plan.settings
     results = []
     for index, observation in enumerate(observations):
         losses, alive = output.matching_loss[index], output.alive[index]
         trials = [TrialStatus(restart=r, status="ok" if bool(alive[r]) else "failed",
                               loss=float(losses[r]),
                               reason=None if bool(alive[r]) else "diverged: non-finite loss or images")
-                  for r in range(plan.restarts)]
+                  for r in range(settings.restarts)]
         if not bool(alive.any()):
             results.append(AttackResult(
                 attack=attack.name, images=torch.zeros((observation.num_samples, *observation.spec.shape)),
-                labels=output.labels[index, 0].clone(), loss=float("nan"), iterations=plan.iterations,
+                labels=output.labels[index, 0].clone(), loss=float("nan"), iterations=settings.iterations,
                 seconds=output.seconds, status="failed",
-                reason=f"all {plan.restarts} restart(s) diverged (non-finite loss)", trials=trials,
+                reason=f"all {settings.restarts} restart(s) diverged (non-finite loss)", trials=trials,
                 notes=list(notes)))
             continue
         best = int(torch.where(alive, losses, torch.full_like(losses, float("inf"))).argmin())
         images = observation.spec.denormalize(output.images[index, best]).clamp(0.0, 1.0)
         results.append(AttackResult(
             attack=attack.name, images=images.contiguous(), labels=output.labels[index, best].clone(),
-            loss=float(losses[best]), iterations=plan.iterations, seconds=output.seconds, status="ok",
+            loss=float(losses[best]), iterations=settings.iterations, seconds=output.seconds, status="ok",
             trials=trials, notes=list(notes)))
     return results
 
@@ -147,12 +125,11 @@ def run_attacks(name: str, observations: Sequence[Observation],
     if not isinstance(config, AttackConfig):
         raise ValueError(f"config must be an AttackConfig, got {type(config).__name__}")
     observations = list(observations)
-    results: list[AttackResult | None] = [None] * len(observations)
+    results: dict[int, AttackResult] = {}
     for group in batch_groups(observations):
         members = [observations[i] for i in group]
-        for index, result in zip(group, _attack_group(attack, members, config), strict=True):
-            results[index] = result
-    return results  # type: ignore[return-value]
+        results.update(zip(group, _attack_group(attack, members, config), strict=True))
+    return [results[index] for index in range(len(observations))]
 
 
 def run_attack(name: str, observation: Observation, config: AttackConfig | None = None) -> AttackResult:

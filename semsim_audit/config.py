@@ -9,7 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
+
+from semsim_audit.attacks import ATTACKS, AttackConfig
+from semsim_audit.core import select_device
 
 __all__ = ["AuditConfig", "ThreatModel", "ExecutorKind"]
 
@@ -28,7 +31,8 @@ class AuditConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     attack: str = "inverting-gradients"
-    attack_config: dict[str, Any] = Field(default_factory=dict)
+    # Only what the user sets; the attack's recipe fills the rest (a dict is accepted too).
+    attack_config: AttackConfig = Field(default_factory=AttackConfig)
     every: int | list[int] = 1
     clients: int | list[int] = 1
     seed: int = 0
@@ -50,24 +54,14 @@ class AuditConfig(BaseModel):
     @field_validator("attack")
     @classmethod
     def _known_attack(cls, value: str) -> str:
-        from semsim_audit.attacks import ATTACKS
-
         if value not in ATTACKS:
             raise ValueError(f"unknown attack {value!r}; known attacks: {', '.join(sorted(ATTACKS))}")
         return value
 
-    @field_validator("attack_config")
-    @classmethod
-    def _valid_attack_config(cls, value: dict[str, Any]) -> dict[str, Any]:
-        from semsim_audit.attacks import AttackConfig
-
-        try:
-            AttackConfig(**value)
-        except TypeError as error:  # an unknown keyword: say which one
-            raise ValueError(f"attack_config: {error}") from None
-        except ValueError as error:
-            raise ValueError(f"attack_config: {error}") from None
-        return value
+    @field_serializer("attack_config")
+    def _explicit_attack_settings(self, value: AttackConfig) -> dict[str, Any]:
+        # The recipe's choices are not the user's: a dumped config reloads to the same settings.
+        return value.explicit()
 
     @field_validator("every")
     @classmethod
@@ -92,8 +86,6 @@ class AuditConfig(BaseModel):
     @field_validator("device")
     @classmethod
     def _valid_device(cls, value: str) -> str:
-        from semsim_audit.core import select_device
-
         select_device(value)  # raises ValueError naming the device
         return value
 
@@ -111,11 +103,8 @@ class AuditConfig(BaseModel):
             return (server_round - 1) % self.every == 0
         return server_round in self.every
 
-    def attack_settings(self) -> Any:
-        """The validated ``semsim_audit.attacks.AttackConfig`` (seed and device filled from this config)."""
-        from semsim_audit.attacks import AttackConfig
-
-        settings = dict(self.attack_config)
-        settings.setdefault("seed", self.seed)
-        settings.setdefault("device", self.device)
-        return AttackConfig(**settings)
+    def attack_settings(self) -> AttackConfig:
+        """What the attack runs with: ``attack_config``, its seed and device from this config unless set."""
+        inherited = {"seed": self.seed, "device": self.device}
+        return self.attack_config.model_copy(
+            update={k: v for k, v in inherited.items() if k not in self.attack_config.model_fields_set})

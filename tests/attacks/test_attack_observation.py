@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from semsim_audit.attacks import AttackConfig, DataSpec, Observation, batch_groups
+from semsim_audit.attacks import ATTACKS, AttackConfig, DataSpec, Observation, batch_groups
 from semsim_audit.models import model_for
 
 SPEC = DataSpec(shape=(3, 32, 32), num_classes=10, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
@@ -119,9 +119,24 @@ def test_config_builds_from_a_dict_and_names_bad_keys():
     config = AttackConfig(**{"iterations": 20, "restarts": 2, "seed": 3, "lr": 0.1, "tv_weight": 0.0,
                              "device": "auto"})
     assert config.iterations == 20 and config.restarts == 2
-    with pytest.raises(TypeError, match="itterations"):
+    with pytest.raises(ValueError, match="itterations"):
         AttackConfig(**{"itterations": 20})
     with pytest.raises(ValueError, match="restarts"):
         AttackConfig(restarts=0)
     with pytest.raises(ValueError, match="optimizer"):
         AttackConfig(optimizer="sgd")
+    with pytest.raises(ValueError, match="iterations"):
+        AttackConfig(iterations=True)
+    with pytest.raises(ValueError, match="lr"):
+        AttackConfig(lr=float("nan"))
+
+
+def test_a_recipe_fills_what_the_user_left_unset_and_the_user_wins():
+    recipe = ATTACKS["inverting-gradients"].settings
+    resolved = AttackConfig(iterations=7, tv_weight=0.5).resolve(recipe)
+    assert (resolved.objective, resolved.optimizer, resolved.schedule, resolved.box) == (
+        "cosine", "signed-adam", True, True)
+    assert (resolved.iterations, resolved.tv_weight, resolved.lr) == (7, 0.5, recipe.lr)
+    # Setting a value equal to the generic default still counts as the user's choice.
+    assert AttackConfig(objective="l2").resolve(recipe).objective == "l2"
+    assert AttackConfig().resolve(ATTACKS["dlg"].settings).optimizer == "lbfgs"

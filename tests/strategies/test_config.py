@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from semsim_audit.attacks import ATTACKS, AttackConfig
 from semsim_audit.config import AuditConfig
 
 
@@ -57,5 +58,15 @@ def test_attack_settings_carry_seed_and_device() -> None:
 
 
 def test_config_round_trips_through_json(tmp_path) -> None:
-    config = AuditConfig(attack="idlg", every=[1, 3], clients=[7, 9], out_dir=tmp_path, save_images=True)
+    config = AuditConfig(attack="idlg", every=[1, 3], clients=[7, 9], out_dir=tmp_path, save_images=True,
+                         attack_config={"iterations": 9, "tv_weight": 0.0})
     assert AuditConfig.model_validate_json(config.model_dump_json()) == config
+
+
+def test_attack_config_is_typed_and_dumps_only_what_the_user_set() -> None:
+    config = AuditConfig(attack_config={"iterations": 9})
+    assert isinstance(config.attack_config, AttackConfig)
+    assert config.model_dump()["attack_config"] == {"iterations": 9}
+    # What the user did not set comes from the recipe, not from a generic default.
+    resolved = config.attack_settings().resolve(ATTACKS[config.attack].settings)
+    assert resolved.objective == "cosine" and resolved.iterations == 9
