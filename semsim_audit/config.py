@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
 
 from semsim_audit.attacks import ATTACKS, AttackConfig
@@ -102,6 +103,17 @@ class AuditConfig(BaseModel):
         if isinstance(self.every, int):
             return (server_round - 1) % self.every == 0
         return server_round in self.every
+
+    def choose_clients(self, server_round: int, node_ids: list[int]) -> list[int]:
+        """The sampled nodes audited in ``server_round``: the named ones, or ``clients`` of them (seeded)."""
+        if isinstance(self.clients, list):
+            wanted = set(self.clients)
+            return [node for node in node_ids if node in wanted]
+        rng = np.random.default_rng([self.seed, server_round])
+        count = min(self.clients, len(node_ids))
+        ordered = sorted(node_ids)
+        # Choose positions, not ids: node ids are 64-bit unsigned and do not survive numpy arrays.
+        return sorted(ordered[int(i)] for i in rng.choice(len(ordered), size=count, replace=False))
 
     def attack_settings(self) -> AttackConfig:
         """What the attack runs with: ``attack_config``, its seed and device from this config unless set."""

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "ReconstructionScore", "ClientAudit", "RoundRecord", "PrivacyReport", "ReportSink",
-    "JsonlSink", "LogSink", "read_jsonl", "REPORT_VERSION",
+    "SinkFanout", "JsonlSink", "LogSink", "read_jsonl", "REPORT_VERSION",
 ]
 
 REPORT_VERSION = 1
@@ -163,6 +163,25 @@ class ReportSink(Protocol):
     def write_round(self, record: RoundRecord) -> None: ...
 
     def close(self, report: PrivacyReport) -> None: ...
+
+
+class SinkFanout:
+    """Several sinks behind one: each event goes to every sink, in the order given."""
+
+    def __init__(self, sinks: Iterable[ReportSink] = ()) -> None:
+        self.sinks = list(sinks)
+
+    def start(self, report: PrivacyReport) -> None:
+        for sink in self.sinks:
+            sink.start(report)
+
+    def write_round(self, record: RoundRecord) -> None:
+        for sink in self.sinks:
+            sink.write_round(record)
+
+    def close(self, report: PrivacyReport) -> None:
+        for sink in self.sinks:
+            sink.close(report)
 
 
 class JsonlSink:
