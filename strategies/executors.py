@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from semsim_audit.attacks import Observation, batch_groups, run_attacks
 from semsim_audit.report import ClientAudit
 
 __all__ = [
@@ -36,25 +37,17 @@ class AuditJob:
 
     server_round: int
     node_id: int
-    observation: Any  # attacks.Observation: the shared payload only
+    observation: Observation  # the shared payload only
     originals: torch.Tensor  # (N, C, H, W) in [0, 1]; never passed to the attack
     true_labels: torch.Tensor
     local_steps: int | None = None
     batch_size: int | None = None
 
 
-def _default_attack_fn() -> AttackFn:
-    from semsim_audit.attacks import run_attacks
-
-    return run_attacks
-
-
 def group_jobs(jobs: Sequence[AuditJob], batch: bool = True) -> list[list[int]]:
     """Indices of jobs that can share one ``run_attacks`` call (same model and observation shape)."""
     if not batch or len(jobs) < 2:
         return [[i] for i in range(len(jobs))]
-    from semsim_audit.attacks import batch_groups
-
     return [list(group) for group in batch_groups([job.observation for job in jobs])]
 
 
@@ -77,7 +70,7 @@ def run_jobs(jobs: Sequence[AuditJob], attack: str, config: Any, score: ScoreFn,
 
     ``results_for`` replaces the local attack call (the Ray executor fetches remote results).
     """
-    attack_fn = attack_fn or _default_attack_fn()
+    attack_fn = attack_fn or run_attacks
 
     def attack_group(group: list[int]) -> list[Any]:
         if results_for is not None:
@@ -216,13 +209,13 @@ class RayExecutor(Executor):
 
     def connect(self) -> Any:
         """Join the running Ray instance (or the one at ``address``, or start one); returns ``ray``."""
-        import ray
+        import ray  # only this executor needs Ray, and importing it takes seconds
 
         if not ray.is_initialized():
             ray.init(address=self.address, include_dashboard=False, logging_level="ERROR",
                      log_to_driver=False, ignore_reinit_error=True)
         if self._remote is None:
-            attack_fn = self.attack_fn or _default_attack_fn()
+            attack_fn = self.attack_fn or run_attacks
             self._remote = ray.remote(num_cpus=self.num_cpus, num_gpus=self.num_gpus,
                                       resources=self.resources or None)(
                 lambda attack, observations, config: list(attack_fn(attack, observations, config)))

@@ -108,7 +108,7 @@ def run_audited_simulation(*, dataset: str = "photos", model: str = "convnet",
     ``semsim_audit.strategies.defenses.dp_fixed_strategy``): the audit sees the replies before that
     wrapper does.
     """
-    from flwr.simulation import run_simulation
+    from flwr.simulation import run_simulation  # pulls in Ray: seconds, so only when a simulation runs
 
     # Ray warns about a future default on every start; the simulation sets num_gpus explicitly.
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
