@@ -16,6 +16,7 @@ Output folder::
 
 from __future__ import annotations
 
+import csv
 import html
 import json
 import math
@@ -23,14 +24,17 @@ import os
 import re
 import time
 import traceback
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from matplotlib import colormaps
+from matplotlib.figure import Figure
 from rich.table import Table
 
-from semsim_audit.report import PrivacyReport
+from semsim_audit.report import PrivacyReport, format_value, leakage_rate, mean, pooled_scores
+from semsim_audit.views.html import STYLE, data_uri
 
 __all__ = [
     "DEFENSES", "DefenseKind", "DefenseSpec", "Cell", "CellResult", "Row", "METRICS",
@@ -223,23 +227,17 @@ class CellResult:
         return Cell(self.defense, self.strength, self.seed)
 
 
-def _mean(values: Iterable[float | None]) -> float | None:
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    return sum(finite) / len(finite) if finite else None
-
-
 def result_from_report(cell: Cell, report: PrivacyReport, seconds: float) -> CellResult:
     """Final accuracy (last round that has one) and leakage pooled over every scored reconstruction."""
     accuracies = [r.accuracy for r in report.rounds if r.accuracy is not None]
-    scores = [s for r in report.rounds for c in r.clients if c.status == "ok" for s in c.scores]
-    flags = [s.recognizable for s in scores if s.recognizable is not None]
+    scores = pooled_scores(c for r in report.rounds for c in r.clients)
     return CellResult(
         cell.defense, cell.strength, cell.seed, "ok",
         accuracy=accuracies[-1] if accuracies else None,
-        leakage_rate=sum(flags) / len(flags) if flags else None,
-        mean_semsim=_mean(s.semsim for s in scores),
-        mean_psnr=_mean(s.psnr for s in scores),
-        mean_ssim=_mean(s.ssim for s in scores),
+        leakage_rate=leakage_rate(scores),
+        mean_semsim=mean(s.semsim for s in scores),
+        mean_psnr=mean(s.psnr for s in scores),
+        mean_ssim=mean(s.ssim for s in scores),
         reconstructions=len(scores), rounds=len(report.rounds), seconds=seconds,
     )
 
@@ -364,13 +362,13 @@ def aggregate(results: Sequence[CellResult]) -> list[Row]:
     rows = []
     for (defense, strength), members in groups.items():
         ok = [r for r in members if r.status == "ok"]
-        mean: dict[str, float | None] = {}
-        std: dict[str, float | None] = {}
+        means: dict[str, float | None] = {}
+        stds: dict[str, float | None] = {}
         for metric in METRICS:
             values = [v for r in ok if (v := getattr(r, metric)) is not None and math.isfinite(v)]
-            mean[metric] = sum(values) / len(values) if values else None
-            std[metric] = _std(values)
-        rows.append(Row(defense, strength, len(ok), len(members) - len(ok), mean, std))
+            means[metric] = mean(values)
+            stds[metric] = _std(values)
+        rows.append(Row(defense, strength, len(ok), len(members) - len(ok), means, stds))
     for row, on_front in zip(rows, pareto_front(rows), strict=True):
         row.pareto = on_front
     return rows
@@ -395,11 +393,9 @@ _COLUMNS = (("accuracy", "final accuracy", ".3f"), ("leakage_rate", "leakage rat
             ("mean_ssim", "SSIM", ".3f"))
 
 
-def _pm(row: Row, metric: str, spec: str) -> str:
-    mean, std = row.mean[metric], row.std[metric]
-    if mean is None:
-        return "n/a"
-    return f"{mean:{spec}}" if not std else f"{mean:{spec}} ± {std:{spec}}"
+def _mean_std(row: Row, metric: str, spec: str) -> str:
+    text, std = format_value(row.mean[metric], spec), row.std[metric]
+    return f"{text} ± {std:{spec}}" if row.mean[metric] is not None and std else text
 
 
 def results_table(rows: Sequence[Row], title: str = "Privacy-utility sweep") -> Table:
@@ -412,15 +408,13 @@ def results_table(rows: Sequence[Row], title: str = "Privacy-utility sweep") -> 
     table.add_column("Pareto", justify="center")
     for row in rows:
         seeds = str(row.seeds) + (f" ({row.failed} failed)" if row.failed else "")
-        table.add_row(row.label, seeds, *(_pm(row, m, s) for m, _, s in _COLUMNS),
+        table.add_row(row.label, seeds, *(_mean_std(row, m, s) for m, _, s in _COLUMNS),
                       "*" if row.pareto else "", style="bold" if row.pareto else None)
     return table
 
 
 def write_csv(rows: Sequence[Row], path: str | Path) -> Path:
     """One line per defense and strength: mean and std of every metric."""
-    import csv
-
     path = Path(path)
     header = ["defense", "strength", "seeds", "failed", "pareto"]
     header += [f"{m}_{part}" for m in METRICS for part in ("mean", "std")]
@@ -452,14 +446,10 @@ def plot_tradeoff(rows: Sequence[Row], path: str | Path) -> Path | None:
     points = [r for r in rows if r.mean["accuracy"] is not None and r.mean["leakage_rate"] is not None]
     if not points:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(7, 5))
+    figure = Figure(figsize=(7, 5))
+    axes = figure.subplots()
     defenses = list(dict.fromkeys(r.defense for r in points))
-    colours = plt.get_cmap("tab10")
+    colours = colormaps["tab10"]
     for index, defense in enumerate(defenses):
         group = [r for r in points if r.defense == defense]
         axes.errorbar([r.mean["leakage_rate"] for r in group], [r.mean["accuracy"] for r in group],
@@ -482,15 +472,12 @@ def plot_tradeoff(rows: Sequence[Row], path: str | Path) -> Path | None:
     figure.tight_layout()
     path = Path(path)
     figure.savefig(path, dpi=120)
-    plt.close(figure)
     return path
 
 
 def render_html(rows: Sequence[Row], results: Sequence[CellResult], settings: Mapping[str, Any],
                 plot: str | Path | None = None) -> str:
     """The sweep as one self-contained page in the run report's style."""
-    from semsim_audit.views.html import _STYLE, data_uri
-
     def esc(value: object) -> str:
         return html.escape(str(value), quote=True)
 
@@ -498,7 +485,7 @@ def render_html(rows: Sequence[Row], results: Sequence[CellResult], settings: Ma
     body = "".join(
         "<tr>" + f"<td class='text'>{esc(r.label)}</td><td>{r.seeds}"
         + (f" ({r.failed} failed)" if r.failed else "") + "</td>"
-        + "".join(f"<td>{esc(_pm(r, m, s))}</td>" for m, _, s in _COLUMNS)
+        + "".join(f"<td>{esc(_mean_std(r, m, s))}</td>" for m, _, s in _COLUMNS)
         + f"<td>{'&#9733;' if r.pareto else ''}</td></tr>" for r in rows)
     failed = [r for r in results if r.status == "failed"]
     failures = ("<h2>Failed cells</h2><ul>"
@@ -510,7 +497,7 @@ def render_html(rows: Sequence[Row], results: Sequence[CellResult], settings: Ma
                        for n, k in DEFENSES.items())
     config = esc(json.dumps(dict(settings), indent=2, sort_keys=True, default=str))
     return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-            f"<title>semsim-audit defense sweep</title><style>{_STYLE}</style></head><body>\n"
+            f"<title>semsim-audit defense sweep</title><style>{STYLE}</style></head><body>\n"
             "<h1>Defense sweep: privacy against utility</h1>"
             "<p>Mean ± standard deviation over seeds. Leakage pooled over every audited round; "
             "&#9733; = on the Pareto front (no other defense is both more accurate and less leaky).</p>"

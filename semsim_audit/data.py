@@ -20,10 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+import torchvision
+from skimage import data as skdata
 from torch.utils.data import Dataset
+from torchvision import transforms
 
-from semsim_audit.core import DataSpec
+from semsim_audit.core import DataSpec, resize
 
 __all__ = [
     "DATASETS", "PHOTO_NAMES", "ImageDataset", "load_dataset", "photo_images",
@@ -101,15 +103,8 @@ class _VisionDataset(Dataset):
         return self.spec.normalize(image), int(label)
 
 
-def _resize(pixels: torch.Tensor, size: int) -> torch.Tensor:
-    return F.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True,
-                         align_corners=False).clamp(0.0, 1.0)
-
-
 def photo_images(names: Sequence[str] = PHOTO_NAMES) -> list[torch.Tensor]:
     """The bundled scikit-image photographs as float (3, H, W) tensors in [0, 1]."""
-    from skimage import data as skdata
-
     images = []
     for name in names:
         loader = skdata.stereo_motorcycle if name == "motorcycle" else getattr(skdata, name)
@@ -135,7 +130,7 @@ def _random_crops(photo: torch.Tensor, count: int, rng: np.random.Generator, siz
         crop = photo[:, top:top + side, left:left + side].unsqueeze(0)
         if rng.random() < 0.5:
             crop = crop.flip(-1)
-        crops.append(_resize(crop, size))
+        crops.append(resize(crop, size))
     return torch.cat(crops)
 
 
@@ -154,10 +149,8 @@ def _photos(train: bool, samples_per_class: int | None = None, size: int = 32) -
 
 
 def _faces(train: bool, size: int = 32) -> ImageDataset:
-    from skimage import data as skdata
-
     faces = torch.from_numpy(np.asarray(skdata.lfw_subset(), dtype=np.float32)).unsqueeze(1)
-    faces = _resize(faces, size)
+    faces = resize(faces, size)
     labels = torch.cat([torch.zeros(100, dtype=torch.long), torch.ones(100, dtype=torch.long)])
     order = np.random.default_rng(7).permutation(100)
     test_rank = order[:20]  # 20 faces + the matching 20 non-faces are the fixed test split
@@ -170,9 +163,6 @@ def _faces(train: bool, size: int = 32) -> ImageDataset:
 
 
 def _torchvision(name: str, root: str | Path | None, train: bool, download: bool) -> Dataset:
-    import torchvision
-    from torchvision import transforms
-
     factories: dict[str, tuple[Callable[..., Dataset], tuple[tuple[float, ...], tuple[float, ...]], int]] = {
         "cifar10": (torchvision.datasets.CIFAR10, CIFAR10_STATS, 3),
         "cifar100": (torchvision.datasets.CIFAR100, CIFAR100_STATS, 3),
@@ -196,9 +186,6 @@ def _torchvision(name: str, root: str | Path | None, train: bool, download: bool
 
 
 def _folder(root: str | Path | None, size: int = 32) -> Dataset:
-    import torchvision
-    from torchvision import transforms
-
     if root is None or not Path(root).is_dir():
         raise DatasetUnavailable(f"folder: no image folder at {root!s} (one sub-folder per class)")
     to_tensor = transforms.Compose([transforms.Resize((size, size)), transforms.ToTensor()])

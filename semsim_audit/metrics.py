@@ -23,8 +23,9 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 from skimage.metrics import structural_similarity
+from torchvision.models import AlexNet_Weights
 
-__all__ = ["mse", "psnr", "ssim", "lpips", "lpips_available", "Matching", "match", "match_distances",
+__all__ = ["mse", "psnr", "ssim", "lpips", "Matching", "match", "match_distances",
            "identifiability", "identified", "PairwiseDistance"]
 
 logger = logging.getLogger(__name__)
@@ -71,8 +72,7 @@ def ssim(originals: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor
 def _lpips_model() -> Any:
     """The LPIPS (AlexNet) model when the package and its weights are present, else None (noted once)."""
     try:
-        import lpips as lpips_package
-        from torchvision.models import AlexNet_Weights
+        import lpips as lpips_package  # an optional extra: absent unless installed with [lpips]
     except ImportError:
         logger.warning("LPIPS: n/a (install the 'lpips' extra to report it)")
         return None
@@ -85,11 +85,6 @@ def _lpips_model() -> Any:
     except Exception as error:  # a broken install must cost the column, not the audit
         logger.warning("LPIPS: n/a (%s)", error)
         return None
-
-
-def lpips_available() -> bool:
-    """Whether :func:`lpips` can score here without downloading anything."""
-    return _lpips_model() is not None
 
 
 @torch.no_grad()

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from torchvision.models.resnet import BasicBlock, ResNet
 
 from semsim_audit.core import DataSpec
 
@@ -72,8 +73,6 @@ def resnet18_cifar(in_channels: int = 3, num_classes: int = 10, width: int = 64)
 
     ``width`` scales the four stages (width, 2w, 4w, 8w); 64 is torchvision's ResNet-18.
     """
-    from torchvision.models.resnet import BasicBlock, ResNet
-
     model = ResNet(BasicBlock, [2, 2, 2, 2], num_classes=num_classes)
     if width != 64:
         # torchvision fixes the stage widths at 64..512: rebuild the stages with its own helper.

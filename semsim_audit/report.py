@@ -20,7 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "ReconstructionScore", "ClientAudit", "RoundRecord", "PrivacyReport", "ReportSink",
-    "SinkFanout", "JsonlSink", "LogSink", "read_jsonl", "REPORT_VERSION",
+    "SinkFanout", "JsonlSink", "LogSink", "read_jsonl", "REPORT_VERSION", "mean", "leakage_rate",
+    "pooled_scores", "format_value",
 ]
 
 REPORT_VERSION = 1
@@ -31,9 +32,15 @@ def _utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _mean(values: Iterable[float | None]) -> float | None:
+def mean(values: Iterable[float | None]) -> float | None:
+    """Mean of the finite values; None when there is none (unknown scores are left out, not zero)."""
     finite = [v for v in values if v is not None and math.isfinite(v)]
     return sum(finite) / len(finite) if finite else None
+
+
+def format_value(value: float | None, spec: str, unit: str = "") -> str:
+    """``value`` in the format ``spec`` followed by ``unit``, or "n/a" when it is unknown."""
+    return "n/a" if value is None else f"{value:{spec}}{unit}"
 
 
 class ReconstructionScore(BaseModel):
@@ -73,12 +80,22 @@ class ClientAudit(BaseModel):
 
     @property
     def leakage_rate(self) -> float | None:
-        flags = [s.recognizable for s in self.scores if s.recognizable is not None]
-        return sum(flags) / len(flags) if flags else None
+        return leakage_rate(self.scores)
 
     @property
     def mean_semsim(self) -> float | None:
-        return _mean(s.semsim for s in self.scores)
+        return mean(s.semsim for s in self.scores)
+
+
+def leakage_rate(scores: Iterable[ReconstructionScore]) -> float | None:
+    """Share of the judged reconstructions SemSim calls recognizable; None when none was judged."""
+    flags = [s.recognizable for s in scores if s.recognizable is not None]
+    return sum(flags) / len(flags) if flags else None
+
+
+def pooled_scores(clients: Iterable[ClientAudit]) -> list[ReconstructionScore]:
+    """Every reconstruction score of the clients whose audit succeeded, pooled."""
+    return [s for c in clients if c.status == "ok" for s in c.scores]
 
 
 class RoundRecord(BaseModel):
@@ -102,13 +119,12 @@ class RoundRecord(BaseModel):
 
     def summarise(self) -> RoundRecord:
         """Fill the round aggregates from the client audits (returns self)."""
-        scores = [s for c in self.clients if c.status == "ok" for s in c.scores]
-        flags = [s.recognizable for s in scores if s.recognizable is not None]
-        self.leakage_rate = sum(flags) / len(flags) if flags else None
-        self.mean_semsim = _mean(s.semsim for s in scores)
-        self.mean_psnr = _mean(s.psnr for s in scores)
-        self.mean_ssim = _mean(s.ssim for s in scores)
-        self.mean_lpips = _mean(s.lpips for s in scores)
+        scores = pooled_scores(self.clients)
+        self.leakage_rate = leakage_rate(scores)
+        self.mean_semsim = mean(s.semsim for s in scores)
+        self.mean_psnr = mean(s.psnr for s in scores)
+        self.mean_ssim = mean(s.ssim for s in scores)
+        self.mean_lpips = mean(s.lpips for s in scores)
         self.attack_seconds = sum(c.seconds for c in self.clients)
         scored = [c for c in self.clients if c.status == "ok" and c.mean_semsim is not None]
         # The worst client leaks most: the lowest mean SemSim distance.
@@ -221,21 +237,18 @@ class LogSink:
                     f"semsim={report.checkpoint_kind}")
 
     def write_round(self, record: RoundRecord) -> None:
-        def fmt(value: float | None, spec: str) -> str:
-            return "n/a" if value is None else format(value, spec)
-
         self._write(
-            f"[audit] round {record.round}: accuracy={fmt(record.accuracy, '.4f')} "
-            f"clients={len(record.clients)} leakage={fmt(record.leakage_rate, '.2f')} "
-            f"semsim={fmt(record.mean_semsim, '.3f')} psnr={fmt(record.mean_psnr, '.2f')} "
-            f"ssim={fmt(record.mean_ssim, '.3f')} attack_s={record.attack_seconds:.1f} "
+            f"[audit] round {record.round}: accuracy={format_value(record.accuracy, '.4f')} "
+            f"clients={len(record.clients)} leakage={format_value(record.leakage_rate, '.2f')} "
+            f"semsim={format_value(record.mean_semsim, '.3f')} psnr={format_value(record.mean_psnr, '.2f')} "
+            f"ssim={format_value(record.mean_ssim, '.3f')} attack_s={record.attack_seconds:.1f} "
             f"status={record.status}"
         )
 
     def close(self, report: PrivacyReport) -> None:
         worst = report.worst_round()
         self._write(f"[audit] done: {len(report.rounds)} rounds; worst round: "
-                    f"{worst.round if worst else 'n/a'}")
+                    f"{format_value(worst.round if worst else None, 'd')}")
 
 
 def read_jsonl(path: str | Path) -> PrivacyReport:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from semsim_audit import metrics
+from semsim_audit.core import save_png
 from semsim_audit.report import ClientAudit, ReconstructionScore
 
 __all__ = ["score_reconstructions", "label_accuracy", "score_client", "pair_image_paths"]
@@ -40,13 +41,6 @@ def pair_image_paths(server_round: int, node_id: int, index: int) -> tuple[str, 
     """Paths (relative to the run folder) of a matched pair's PNGs: (original, reconstruction)."""
     folder = f"images/round-{server_round}/client-{node_id}"
     return f"{folder}/original-{index}.png", f"{folder}/reconstruction-{index}.png"
-
-
-def _save_png(image: torch.Tensor, path: Path) -> None:
-    from torchvision.utils import save_image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(image.detach().float().cpu().clamp(0.0, 1.0), str(path))
 
 
 def score_reconstructions(reconstructions: torch.Tensor, originals: torch.Tensor, *,
@@ -93,8 +87,8 @@ def score_reconstructions(reconstructions: torch.Tensor, originals: torch.Tensor
         )
         if run_dir is not None:
             original_path, reconstruction_path = pair_image_paths(server_round, node_id, k)
-            _save_png(paired_originals[k], Path(run_dir) / original_path)
-            _save_png(paired_recons[k], Path(run_dir) / reconstruction_path)
+            save_png(paired_originals[k], Path(run_dir) / original_path)
+            save_png(paired_recons[k], Path(run_dir) / reconstruction_path)
             score.original_image, score.reconstruction_image = original_path, reconstruction_path
         scores.append(score)
     return scores

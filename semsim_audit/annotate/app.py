@@ -20,6 +20,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+import uvicorn
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -178,6 +179,4 @@ def create_app(items: ItemSet, store: LabelStore, shuffle: bool = False) -> Fast
 
 def serve(items: ItemSet, store: LabelStore, port: int, shuffle: bool = False) -> None:
     """Run the app on http://127.0.0.1:<port> until interrupted."""
-    import uvicorn
-
     uvicorn.run(create_app(items, store, shuffle=shuffle), host=LOOPBACK, port=port, log_level="warning")

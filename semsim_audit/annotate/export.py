@@ -31,6 +31,7 @@ from PIL import Image
 
 from semsim_audit.annotate.items import ItemSet
 from semsim_audit.annotate.store import LabelRecord, effective_answers
+from semsim_audit.report import mean
 
 __all__ = [
     "fleiss_kappa", "pairwise_agreement", "tally", "export_annotations", "AGREEMENT_FILE",
@@ -168,7 +169,6 @@ def export_annotations(items: ItemSet, records: Iterable[LabelRecord], out: str 
     known = set(by_id)
     counts = {label: sum(row["label"] == label for row in rows)
               for label in (*_CATEGORIES, "tie", "unlabeled")}
-    agreements = [row["agreement"] for row in rows if row["agreement"] is not None]
     summary = {
         "source": str(items.source),
         "kind": items.kind,
@@ -179,7 +179,7 @@ def export_annotations(items: ItemSet, records: Iterable[LabelRecord], out: str 
         "counts": counts,
         "fleiss_kappa": fleiss_kappa([[row[c] for c in _CATEGORIES] for row in rows]),
         "kappa_items": sum(row["recognizable"] + row["not_recognizable"] >= 2 for row in rows),
-        "mean_agreement": sum(agreements) / len(agreements) if agreements else None,
+        "mean_agreement": mean(row["agreement"] for row in rows),
         "unknown_items": sorted({r.item for r in records} - known),
         "per_item": rows,
     }

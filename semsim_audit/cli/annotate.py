@@ -20,7 +20,18 @@ from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
 
+from semsim_audit.annotate.export import export_annotations
+from semsim_audit.annotate.items import load_items
+from semsim_audit.annotate.store import (
+    LABELS_FILE,
+    LabelStore,
+    claim_out_dir,
+    read_labels,
+    session_source,
+    validate_annotator,
+)
 from semsim_audit.cli.common import fail
+from semsim_audit.report import format_value
 
 __all__ = ["annotate_app"]
 
@@ -72,9 +83,8 @@ def serve(
                                                             "annotator (fixed across restarts).")] = False,
 ) -> None:
     """Serve the annotation page on http://127.0.0.1:PORT (loopback only) until Ctrl+C."""
+    # The web stack (FastAPI, uvicorn) loads only to serve, not at every command's start-up.
     from semsim_audit.annotate.app import serve as serve_app
-    from semsim_audit.annotate.items import load_items
-    from semsim_audit.annotate.store import LabelStore, claim_out_dir, validate_annotator
 
     try:
         name = validate_annotator(annotator if annotator is not None else _default_annotator())
@@ -109,10 +119,6 @@ def export(
     force: Annotated[bool, typer.Option("--force", help="Replace an earlier export in --to.")] = False,
 ) -> None:
     """Write the released SemSim training layout by majority vote, with agreement and Fleiss' kappa."""
-    from semsim_audit.annotate.export import export_annotations
-    from semsim_audit.annotate.items import load_items
-    from semsim_audit.annotate.store import LABELS_FILE, read_labels, session_source
-
     target = to if to is not None else annotation_dir / "export"
     try:
         items = load_items(source if source is not None else session_source(annotation_dir))
@@ -129,10 +135,6 @@ def export(
     _print_summary(summary, target)
 
 
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
-
-
 def _print_summary(summary: dict[str, Any], target: Path) -> None:
     table = Table(title="annotation export", show_header=False)
     table.add_column("what", style="bold")
@@ -145,9 +147,9 @@ def _print_summary(summary: dict[str, Any], target: Path) -> None:
     table.add_row("ties (left out)", str(counts["tie"]))
     table.add_row(f"under {summary['min_votes']} vote(s) (left out)", str(counts["unlabeled"]))
     table.add_row("identities exported", str(summary["identities"]))
-    table.add_row("mean agreement with majority", _fmt(summary["mean_agreement"]))
-    table.add_row("Fleiss' kappa", f"{_fmt(summary['fleiss_kappa'])} over {summary['kappa_items']} "
-                                    "items with 2+ votes")
+    table.add_row("mean agreement with majority", format_value(summary["mean_agreement"], ".3f"))
+    kappa = format_value(summary["fleiss_kappa"], ".3f")
+    table.add_row("Fleiss' kappa", f"{kappa} over {summary['kappa_items']} items with 2+ votes")
     if summary["unknown_items"]:
         table.add_row("answers about unknown items", str(len(summary["unknown_items"])))
     console = Console(highlight=False)

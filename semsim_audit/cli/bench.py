@@ -4,7 +4,8 @@ Each cell is one audited Flower simulation (``semsim_audit.strategies.run_audite
 with the same data, model, attack and audit budget; only the defense, its strength and the seed
 change. The defenses are the client mods of :mod:`semsim_audit.strategies.defenses`, switched on by
 the cell's run config.
-Flower is imported inside the command only, so ``--help`` and spec errors come fast.
+torch, matplotlib and Flower load inside the command only, so ``--help`` comes fast, and Flower only
+once the settings are known to be good.
 """
 
 from __future__ import annotations
@@ -13,33 +14,37 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from semsim_audit.bench import (
-    Cell,
-    CellResult,
-    SweepState,
-    aggregate,
-    cell_grid,
-    parse_defense,
-    parse_defense_option,
-    results_table,
-    run_sweep,
-    write_outputs,
+from semsim_audit.cli.common import (
+    AttackOption,
+    AuditedOption,
+    BatchSizeOption,
+    ClientsOption,
+    DatasetOption,
+    DeviceOption,
+    IterationsOption,
+    LabelsKnownOption,
+    LocalStepsOption,
+    LrOption,
+    ModelOption,
+    RestartsOption,
+    RoundsOption,
+    SemSimOption,
+    at_least,
+    checkpoint_or_fail,
+    dataset_or_fail,
+    fail,
+    positive_number,
 )
-from semsim_audit.cli.common import fail
 
 __all__ = ["bench"]
 
 _DEFENSE_HELP = ("Defense and strengths, repeatable: none | noise:SIGMA,... | prune:SHARE,... "
                  "| clip:NORM,... | quantize:sign,BITS,... | dp-fixed:NOISE_MULTIPLIER,... "
                  "| localdp:EPSILON,...")
-
-
-def _positive(value: float, option: str, minimum: float = 1) -> None:
-    if value < minimum:
-        fail(f"{option} must be >= {minimum:g}, got {value:g}")
 
 
 def bench(
@@ -49,35 +54,46 @@ def bench(
         "--defense-option", help="Extra defense setting, repeatable: noise.clip=1.0, dp-fixed.clip=1.0, "
         "localdp.clip / localdp.sensitivity / localdp.delta=VALUE.")] = None,
     seeds: Annotated[int, typer.Option(help="Seeds per defense and strength (0, 1, ..., N-1).")] = 1,
-    dataset: Annotated[str, typer.Option(
-        help="Dataset (see `info`); the embedded ones need no download.")] = "photos",
-    model: Annotated[str, typer.Option(help="Victim model: lenet, convnet or resnet18.")] = "lenet",
-    clients: Annotated[int, typer.Option(help="Simulated clients.")] = 2,
-    rounds: Annotated[int, typer.Option(help="Federated rounds per cell.")] = 2,
+    dataset: DatasetOption = "photos",
+    model: ModelOption = "lenet",
+    clients: ClientsOption = 2,
+    rounds: RoundsOption = 2,
     fraction_train: Annotated[float, typer.Option(help="Share of clients sampled per round.")] = 1.0,
-    local_steps: Annotated[int, typer.Option(help="Local SGD steps per round.")] = 1,
-    batch_size: Annotated[int, typer.Option(help="Local batch size.")] = 1,
-    lr: Annotated[float, typer.Option(help="Local learning rate.")] = 0.01,
+    local_steps: LocalStepsOption = 1,
+    batch_size: BatchSizeOption = 1,
+    lr: LrOption = 0.01,
     samples_per_client: Annotated[int | None, typer.Option(
         help="Cap on each client's training images (smaller = faster).")] = None,
     partition: Annotated[str, typer.Option(help="iid or dirichlet.")] = "iid",
     alpha: Annotated[float, typer.Option(help="Dirichlet concentration (with --partition dirichlet).")] = 0.5,
-    attack: Annotated[str, typer.Option(help="Attack from the registry.")] = "inverting-gradients",
-    iterations: Annotated[int, typer.Option(help="Attack optimisation steps.")] = 200,
-    restarts: Annotated[int, typer.Option(help="Attack restarts.")] = 1,
-    audited: Annotated[int, typer.Option(help="Clients attacked per audited round.")] = 2,
+    attack: AttackOption = "inverting-gradients",
+    iterations: IterationsOption = 200,
+    restarts: RestartsOption = 1,
+    audited: AuditedOption = 2,
     every: Annotated[int, typer.Option(help="Audit rounds 1, 1+N, 1+2N, ...")] = 1,
-    labels_known: Annotated[bool, typer.Option(
-        help="Stronger threat model: the attacker knows the labels.")] = False,
-    device: Annotated[str, typer.Option(help="Attack device: auto, cpu or cuda[:N].")] = "auto",
-    semsim_checkpoint: Annotated[Path | None, typer.Option(
-        "--semsim", help="SemSim checkpoint (default: the one shipped).")] = None,
+    labels_known: LabelsKnownOption = False,
+    device: DeviceOption = "auto",
+    semsim_checkpoint: SemSimOption = None,
     save_images: Annotated[bool, typer.Option(help="Keep every cell's reconstructions as PNG.")] = False,
     out: Annotated[Path, typer.Option(
         help="Sweep folder; run again with the same settings to resume (finished cells are skipped).")] = (
         Path("runs/bench")),
 ) -> None:
     """Sweep defenses x strengths x seeds: accuracy lost against leakage saved, one audited run per cell."""
+    # matplotlib (the sweep's plot) loads only now, not at start-up.
+    from semsim_audit.bench import (
+        Cell,
+        CellResult,
+        SweepState,
+        aggregate,
+        cell_grid,
+        parse_defense,
+        parse_defense_option,
+        results_table,
+        run_sweep,
+        write_outputs,
+    )
+
     try:
         specs = [parse_defense(spec) for spec in (defense or ["none"])]
         options = dict(parse_defense_option(text) for text in (defense_option or []))
@@ -87,20 +103,17 @@ def bench(
     for value, option in ((clients, "--clients"), (rounds, "--rounds"), (local_steps, "--local-steps"),
                           (batch_size, "--batch-size"), (iterations, "--iterations"),
                           (restarts, "--restarts"), (audited, "--audited"), (every, "--every")):
-        _positive(value, option)
+        at_least(value, 1, option)
     if samples_per_client is not None:
-        _positive(samples_per_client, "--samples-per-client")
+        at_least(samples_per_client, 1, "--samples-per-client")
     if not 0.0 < fraction_train <= 1.0:
         fail(f"--fraction-train must lie in (0, 1], got {fraction_train:g}")
-    if not lr > 0:
-        fail(f"--lr must be > 0, got {lr:g}")
+    positive_number(lr, "--lr")
     if partition not in ("iid", "dirichlet"):
         fail(f"--partition must be iid or dirichlet, got {partition!r}")
-    if semsim_checkpoint is not None and not semsim_checkpoint.is_file():
-        fail(f"--semsim: no checkpoint file at {semsim_checkpoint}")
+    checkpoint_or_fail(semsim_checkpoint)
 
-    from pydantic import ValidationError
-
+    # torch loads with the attacks behind AuditConfig, not at start-up.
     from semsim_audit.config import AuditConfig
 
     audit_fields: dict[str, Any] = {
@@ -115,12 +128,7 @@ def bench(
         problem = error.errors()[0]
         message = str(problem["msg"]).removeprefix("Value error, ")
         fail(f"--{str(problem['loc'][0]).replace('_', '-')}: {message}")
-    try:
-        from semsim_audit.data import load_dataset
-
-        load_dataset(dataset, train=True)
-    except ValueError as error:
-        fail(f"--dataset: {error}")
+    dataset_or_fail(dataset)
 
     simulation = {"dataset": dataset, "model": model, "num_clients": clients, "rounds": rounds,
                   "fraction_train": fraction_train, "local_steps": local_steps, "batch_size": batch_size,
@@ -132,6 +140,7 @@ def bench(
     except ValueError as error:
         fail(str(error))
 
+    # Flower (and Ray) load only here, once the settings are known to be good.
     from semsim_audit.strategies.defenses import defense_mods, dp_fixed_strategy
     from semsim_audit.strategies.simulation import run_audited_simulation
 

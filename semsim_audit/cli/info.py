@@ -18,6 +18,7 @@ def _version(distribution: str) -> str:
 
 def info() -> None:
     """Show versions, the device an audit would use, and where data and checkpoints are."""
+    # torch loads here, not when the CLI starts: every other command's `--help` stays fast.
     import torch
 
     from semsim_audit.core import select_device

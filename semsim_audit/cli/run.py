@@ -1,30 +1,48 @@
 """`semsim-audit demo`, `report` and `attack`: run an audited simulation, re-render a run, attack a sample.
 
-Flower is imported only inside :func:`demo` (the one command that runs a simulation), so every
-other command, and ``--help``, starts without it.
+torch, matplotlib and Flower load inside the commands that use them, so ``--help`` and input errors
+come fast; Flower only in :func:`demo`, the one command that runs a simulation.
 """
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from semsim_audit.cli.common import fail
-from semsim_audit.report import ClientAudit, PrivacyReport, RoundRecord, read_jsonl
+from semsim_audit.cli.common import (
+    AttackOption,
+    AuditedOption,
+    BatchSizeOption,
+    ClientsOption,
+    DatasetOption,
+    DeviceOption,
+    IterationsOption,
+    LabelsKnownOption,
+    LocalStepsOption,
+    LrOption,
+    ModelOption,
+    RestartsOption,
+    RoundsOption,
+    SeedOption,
+    SemSimOption,
+    at_least,
+    checkpoint_or_fail,
+    dataset_or_fail,
+    fail,
+    positive_number,
+)
+from semsim_audit.report import ClientAudit, PrivacyReport, RoundRecord, format_value, read_jsonl
 
 __all__ = ["demo", "report", "attack", "register"]
-
-
-def _at_least(value: int | float, minimum: int | float, option: str) -> None:
-    if value < minimum:
-        fail(f"{option} must be >= {minimum}, got {value}")
 
 
 def _print_path(console: Console, label: str, path: Path) -> None:
@@ -34,8 +52,6 @@ def _print_path(console: Console, label: str, path: Path) -> None:
 
 def _load_report(path: Path) -> tuple[PrivacyReport, Path]:
     """The report in ``path`` (a run folder, a report.jsonl or a report.json) and its run folder."""
-    from pydantic import ValidationError
-
     if path.is_dir():
         run_dir = path
         journal, whole = path / "report.jsonl", path / "report.json"
@@ -69,6 +85,7 @@ def report(
     svg: Annotated[bool, typer.Option(help="Also export the console view as console.svg.")] = True,
 ) -> None:
     """Re-render the console table, report.html, CSV, JSON and plots of a run (also a killed one)."""
+    # matplotlib loads with the views, not at start-up.
     from semsim_audit.views import render_report, render_run
 
     loaded, run_dir = _load_report(path)
@@ -86,8 +103,7 @@ def report(
 
 def _copy_images(report: PrivacyReport, run_dir: Path, out: Path) -> None:
     """Copy the saved images a report references, so a report rendered elsewhere still finds them."""
-    import shutil
-
+    # matplotlib loads with the views, not at start-up.
     from semsim_audit.views.files import saved_image
 
     for record in report.rounds:
@@ -108,44 +124,43 @@ def register(app: typer.Typer) -> None:
 
 
 def demo(
-    dataset: Annotated[str, typer.Option(help="Dataset the clients hold (see `info`).")] = "photos",
-    model: Annotated[str, typer.Option(help="Victim model: lenet, convnet or resnet18.")] = "lenet",
+    dataset: DatasetOption = "photos",
+    model: ModelOption = "lenet",
     uniform_init: Annotated[bool, typer.Option(
         help="LeNet only: DLG's uniform(-0.5, 0.5) weights, the setting of the DLG paper.")] = True,
-    attack_name: Annotated[str, typer.Option("--attack", help="Attack from the registry.")] = (
-        "inverting-gradients"),
-    rounds: Annotated[int, typer.Option(help="Federated rounds.")] = 3,
-    clients: Annotated[int, typer.Option(help="Simulated clients (all train every round).")] = 4,
-    audited: Annotated[int, typer.Option(help="Clients attacked per round.")] = 2,
-    iterations: Annotated[int, typer.Option(help="Optimisation steps of each attack.")] = 300,
-    local_steps: Annotated[int, typer.Option(help="Local SGD steps per round (1 = FedSGD).")] = 1,
-    batch_size: Annotated[int, typer.Option(help="Local batch size: images each attack must recover.")] = 1,
-    lr: Annotated[float, typer.Option(help="Local learning rate.")] = 0.01,
-    device: Annotated[str, typer.Option(help="Where attacks run: auto, cpu or cuda[:N].")] = "auto",
+    attack_name: AttackOption = "inverting-gradients",
+    rounds: RoundsOption = 3,
+    clients: ClientsOption = 4,
+    audited: AuditedOption = 2,
+    iterations: IterationsOption = 300,
+    local_steps: LocalStepsOption = 1,
+    batch_size: BatchSizeOption = 1,
+    lr: LrOption = 0.01,
+    device: DeviceOption = "auto",
     out: Annotated[Path, typer.Option(help="Folder that receives one run folder per run.")] = Path("runs"),
     images: Annotated[bool, typer.Option(help="Save originals and reconstructions (grids, HTML).")] = True,
-    seed: Annotated[int, typer.Option(help="Seed of data split, model and attacks.")] = 0,
-    semsim_checkpoint: Annotated[Path | None, typer.Option(
-        "--semsim", help="SemSim checkpoint file (default: the one shipped in the package).")] = None,
+    seed: SeedOption = 0,
+    semsim_checkpoint: SemSimOption = None,
 ) -> None:
-    """The main job: a real Flower simulation whose clients' updates are attacked and scored, live."""
+    """The main job: a real Flower simulation whose clients' updates are attacked and scored, live.
+
+    Every client trains in every round; --audited of them are attacked.
+    """
     for value, minimum, option in ((rounds, 1, "--rounds"), (clients, 1, "--clients"),
                                    (audited, 1, "--audited"), (iterations, 1, "--iterations"),
                                    (local_steps, 1, "--local-steps"), (batch_size, 1, "--batch-size"),
                                    (seed, 0, "--seed")):
-        _at_least(value, minimum, option)
+        at_least(value, minimum, option)
     if audited > clients:
         fail(f"--audited {audited} is more than --clients {clients}")
-    if not (lr > 0 and lr < float("inf")):
-        fail(f"--lr must be a positive number, got {lr}")
+    positive_number(lr, "--lr")
     name = _attack_name_or_fail(attack_name)
     torch_device = _device_or_fail(device)
-    if semsim_checkpoint is not None and not semsim_checkpoint.is_file():
-        fail(f"--semsim: no checkpoint file at {semsim_checkpoint}")
+    checkpoint_or_fail(semsim_checkpoint)
     _model_name_or_fail(model)
     if out.exists() and not out.is_dir():
         fail(f"--out: {out} exists and is not a folder")
-    data = _dataset_or_fail(dataset)
+    data = dataset_or_fail(dataset)
     model_options = {"uniform_init": True} if model == "lenet" and uniform_init else {}
     _model_or_fail(model, data.spec, model_options)
     per_client = len(data) // clients
@@ -153,6 +168,7 @@ def demo(
         fail(f"--clients {clients} leave {per_client} image(s) per client, "
              f"fewer than --batch-size {batch_size}")
 
+    # torch (with the attacks behind AuditConfig) and matplotlib (views) load only now.
     from semsim_audit.config import AuditConfig
     from semsim_audit.views import ConsoleSink, RunFolderSink, new_run_dir
 
@@ -189,16 +205,8 @@ def demo(
     _print_path(console, "report", views.files.html)
 
 
-def _dataset_or_fail(name: str, train: bool = True) -> Any:
-    from semsim_audit.data import load_dataset
-
-    try:
-        return load_dataset(name, train=train)
-    except ValueError as error:  # unknown name, or files missing (DatasetUnavailable)
-        fail(f"--dataset: {error}")
-
-
 def _model_name_or_fail(name: str) -> None:
+    # torch loads with the models, not at start-up.
     from semsim_audit.models import MODELS
 
     if name not in MODELS:
@@ -206,6 +214,7 @@ def _model_name_or_fail(name: str) -> None:
 
 
 def _model_or_fail(name: str, spec: Any, options: dict[str, Any] | None = None) -> Any:
+    # torch loads with the models, not at start-up.
     from semsim_audit.models import model_for
 
     try:
@@ -215,6 +224,7 @@ def _model_or_fail(name: str, spec: Any, options: dict[str, Any] | None = None) 
 
 
 def _device_or_fail(device: str) -> Any:
+    # torch loads with the core, not at start-up.
     from semsim_audit.core import select_device
 
     try:
@@ -224,6 +234,7 @@ def _device_or_fail(device: str) -> Any:
 
 
 def _attack_name_or_fail(name: str) -> str:
+    # torch loads with the attacks, not at start-up.
     from semsim_audit.attacks import ATTACKS
 
     if name not in ATTACKS:
@@ -236,50 +247,42 @@ def _scores_table(audit: ClientAudit) -> Table:
                   title_justify="left", header_style="bold", box=box.SIMPLE_HEAD)
     for header in ("original", "SemSim", "recognizable", "PSNR", "SSIM", "LPIPS", "label", "recovered"):
         table.add_column(header, justify="right")
-
-    def num(value: float | None, spec: str) -> str:
-        return "n/a" if value is None else format(value, spec)
-
     for score in audit.scores:
-        table.add_row(str(score.original_index), num(score.semsim, ".3f"),
+        table.add_row(str(score.original_index), format_value(score.semsim, ".3f"),
                       {True: "[bold red]yes[/]", False: "no", None: "n/a"}[score.recognizable],
-                      num(score.psnr, ".1f"), num(score.ssim, ".3f"), num(score.lpips, ".3f"),
-                      str(score.true_label), str(score.recovered_label))
+                      format_value(score.psnr, ".1f"), format_value(score.ssim, ".3f"),
+                      format_value(score.lpips, ".3f"), str(score.true_label), str(score.recovered_label))
     return table
 
 
 def attack(
-    dataset: Annotated[str, typer.Option(help="Dataset to take the sample from (see `info`).")] = "photos",
-    model: Annotated[str, typer.Option(help="Victim model: lenet, convnet or resnet18.")] = "lenet",
-    attack_name: Annotated[str, typer.Option("--attack", help="Attack from the registry.")] = (
-        "inverting-gradients"),
+    dataset: DatasetOption = "photos",
+    model: ModelOption = "lenet",
+    attack_name: AttackOption = "inverting-gradients",
     samples: Annotated[int, typer.Option(help="Images in the attacked batch (the client's batch size).")] = 1,
     index: Annotated[int, typer.Option(help="Index of the first image of the batch in the dataset.")] = 0,
-    iterations: Annotated[int, typer.Option(help="Optimisation steps of the attack.")] = 300,
-    restarts: Annotated[int, typer.Option(help="Independent restarts; the best match is kept.")] = 1,
-    labels_known: Annotated[bool, typer.Option(
-        help="Give the attacker the true labels (stronger threat model).")] = False,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
-    seed: Annotated[int, typer.Option(help="Seed of the victim model's weights and the attack.")] = 0,
-    semsim_checkpoint: Annotated[Path | None, typer.Option(
-        "--semsim", help="SemSim checkpoint file (default: the one shipped in the package).")] = None,
+    iterations: IterationsOption = 300,
+    restarts: RestartsOption = 1,
+    labels_known: LabelsKnownOption = False,
+    device: DeviceOption = "auto",
+    seed: SeedOption = 0,
+    semsim_checkpoint: SemSimOption = None,
     out: Annotated[Path | None, typer.Option(
         help="Also write a run folder (images, report.html) under this folder.")] = None,
 ) -> None:
     """Attack one batch of a dataset outside Flower (FedSGD gradient) and print its scores."""
-    _at_least(samples, 1, "--samples")
-    _at_least(index, 0, "--index")
-    _at_least(iterations, 1, "--iterations")
-    _at_least(restarts, 1, "--restarts")
-    _at_least(seed, 0, "--seed")
+    for value, minimum, option in ((samples, 1, "--samples"), (index, 0, "--index"),
+                                   (iterations, 1, "--iterations"), (restarts, 1, "--restarts"),
+                                   (seed, 0, "--seed")):
+        at_least(value, minimum, option)
     name = _attack_name_or_fail(attack_name)
     torch_device = _device_or_fail(device)
-    if semsim_checkpoint is not None and not semsim_checkpoint.is_file():
-        fail(f"--semsim: no checkpoint file at {semsim_checkpoint}")
-    data = _dataset_or_fail(dataset)
+    checkpoint_or_fail(semsim_checkpoint)
+    data = dataset_or_fail(dataset)
     if index + samples > len(data):
         fail(f"--index {index} + --samples {samples} runs past the {len(data)} images of {dataset!r}")
 
+    # torch, the attacks, SemSim and matplotlib (views) load only now, not at start-up.
     import torch
 
     from semsim_audit.attacks import AttackConfig, Observation, run_attack
@@ -313,11 +316,10 @@ def attack(
         console.print(f"[bold red]attack failed:[/] {audit.reason}")
     else:
         console.print(_scores_table(audit))
-        leakage = audit.leakage_rate
-        console.print(f"leakage rate {'n/a' if leakage is None else f'{leakage:.0%}'} "
+        console.print(f"leakage rate {format_value(audit.leakage_rate, '.0%')} "
                       f"(SemSim {semsim.info.get('annotator', 'unknown')} checkpoint, "
                       f"threshold {semsim.threshold:.3f}); label accuracy "
-                      f"{'n/a' if audit.label_accuracy is None else f'{audit.label_accuracy:.0%}'}")
+                      f"{format_value(audit.label_accuracy, '.0%')}")
     if run_dir is not None:
         threat = "labels_known" if labels_known else "labels_recovered"
         report = PrivacyReport(attack=name, threat_model=threat, semsim=semsim.info,

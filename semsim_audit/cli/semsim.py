@@ -16,10 +16,14 @@ app = typer.Typer(help="Train, evaluate and inspect SemSim, the human-aligned le
                   no_args_is_help=True, add_completion=False)
 console = Console()
 
+# Options that `train` and `eval` share.
+AnnotationsOption = Annotated[Path, typer.Option(help="annotation folder in the released layout")]
+TorchDeviceOption = Annotated[str, typer.Option(help="'auto', 'cpu' or 'cuda[:N]'")]
+
 
 @app.command()
 def train(
-    data: Annotated[Path, typer.Option(help="annotation folder in the released layout")],
+    data: AnnotationsOption,
     out: Annotated[Path, typer.Option(help="checkpoint file to write (.safetensors)")],
     head: Annotated[str | None, typer.Option(
         help="'stats' (projection head on feature statistics; the default) or 'none' (the released "
@@ -36,7 +40,7 @@ def train(
              "and the released 64 without")] = None,
     batch: Annotated[int | None, typer.Option(
         help="pairs or triplets per batch (default 128 for the head, the released 64 otherwise)")] = None,
-    device: Annotated[str, typer.Option(help="'auto', 'cpu' or 'cuda[:N]'")] = "auto",
+    device: TorchDeviceOption = "auto",
     seed: Annotated[int, typer.Option(help="seed of the split, sampling and augmentation")] = 23333,
     val_fraction: Annotated[float, typer.Option(help="fraction of identities held out for validation")] = 0.1,
     annotator: Annotated[str, typer.Option(help="'human' or 'proxy': who labelled --data")] = "human",
@@ -63,6 +67,7 @@ def train(
     about 200 annotated identities in benchmarks/semsim_sample_efficiency.py). The released recipe:
     --head none --trainable all --loss triplet.
     """
+    # torch loads with SemSim's modules, in each command, not at start-up.
     from semsim_audit.semsim.train import TrainConfig
     from semsim_audit.semsim.train import train as run_training
 
@@ -89,13 +94,14 @@ def _given(**options: Any) -> dict[str, Any]:
 
 @app.command("eval")
 def evaluate_command(
-    data: Annotated[Path, typer.Option(help="annotation folder in the released layout")],
+    data: AnnotationsOption,
     checkpoint: Annotated[Path | None, typer.Option(help="checkpoint file (default: packaged)")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="also write the results here")] = None,
-    device: Annotated[str, typer.Option(help="'auto', 'cpu' or 'cuda[:N]'")] = "auto",
+    device: TorchDeviceOption = "auto",
     lpips: Annotated[bool, typer.Option(help="include LPIPS when its weights are on this machine")] = True,
 ) -> None:
     """How well SemSim, PSNR, SSIM (and LPIPS) tell recognizable reconstructions from the rest."""
+    # torch loads with SemSim's modules, in each command, not at start-up.
     from semsim_audit.semsim.evaluate import evaluate
     from semsim_audit.semsim.scorer import SemSim
 
@@ -115,6 +121,7 @@ def show(
     checkpoint: Annotated[Path | None, typer.Argument(help="checkpoint file (default: packaged)")] = None,
 ) -> None:
     """Print a checkpoint's provenance: annotator kind, data, threshold, training summary."""
+    # torch loads with SemSim's modules, in each command, not at start-up.
     from semsim_audit.semsim.checkpoint import load_checkpoint
     from semsim_audit.semsim.scorer import DEFAULT_CHECKPOINT
 
@@ -142,6 +149,7 @@ def download(
         help="archive(s): annotations, reconstructions, cifar100-originals")] = None,
 ) -> None:
     """Fetch the released SemSim annotation archives from Google Drive (needs internet access)."""
+    # torch(vision) loads with the downloader, not at start-up.
     from semsim_audit.semsim.download import DownloadError, download_annotations
 
     try:

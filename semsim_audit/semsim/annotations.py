@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
 
 from semsim_audit.semsim.model import prepare_images
 
@@ -110,8 +111,6 @@ def _read_configurations(root: Path) -> dict[Path, str]:
 
 def load_image(path: Path) -> torch.Tensor:
     """One image file as a (3, 32, 32) float tensor in [0, 1]."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(path) as image:
             array = np.asarray(image.convert("RGB"), dtype=np.uint8)

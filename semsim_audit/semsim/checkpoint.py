@@ -6,7 +6,7 @@ normalisation, head), how to use them (threshold), where they came from (annotat
 file that is corrupt, truncated or built for another architecture is refused with a ValueError
 that says what is wrong.
 
-``head`` (added with issue 9, format version unchanged): ``"none"`` for the released model, whose
+``head`` (added without a format version change): ``"none"`` for the released model, whose
 pooled feature is the embedding, or ``"stats"`` for the projection head on feature statistics
 (:class:`~semsim_audit.semsim.model.SemSimNet`). Checkpoints written before it have no ``head`` field
 and load as ``"none"``, unchanged.
@@ -24,6 +24,8 @@ from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from safetensors import SafetensorError
+from safetensors.torch import load, save
 
 from semsim_audit.semsim.model import ARCHITECTURE, INPUT_SIZE, NORMALISATION, SemSimNet
 
@@ -81,8 +83,6 @@ def weights_sha256(tensors: dict[str, torch.Tensor]) -> str:
 
 def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> Path:
     """Write tensors + JSON metadata atomically (temporary file, fsync, rename): no half-written file."""
-    from safetensors.torch import save
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
@@ -102,9 +102,6 @@ def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metada
 def read_safetensors(path: str | Path,
                      what: str = "SemSim checkpoint") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read tensors + JSON metadata written by :func:`write_safetensors`, refusing damaged files."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{what} not found: {path}")

@@ -12,6 +12,8 @@ import socket
 import tempfile
 from pathlib import Path
 
+from torchvision.datasets.utils import download_file_from_google_drive, extract_archive
+
 __all__ = ["ARCHIVES", "download_annotations", "DownloadError"]
 
 # Google Drive file ids of the public SemSim release (see facts/SEMSIM.md).
@@ -51,8 +53,6 @@ def _archive_suffix(path: Path) -> str:
 def download_annotations(target: str | Path, which: tuple[str, ...] = ("annotations",),
                          timeout: float = 5.0) -> list[Path]:
     """Download and unpack the named archives into ``target``; return the paths that appeared there."""
-    from torchvision.datasets.utils import download_file_from_google_drive, extract_archive
-
     unknown = [name for name in which if name not in ARCHIVES]
     if unknown or not which:
         raise ValueError(f"unknown archive(s) {unknown or list(which)}; choose from {', '.join(ARCHIVES)}")

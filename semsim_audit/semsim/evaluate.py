@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.stats import kendalltau, pearsonr, spearmanr
 
 from semsim_audit import metrics
 from semsim_audit.semsim.annotations import load_image, read_annotations
@@ -80,8 +81,6 @@ def _per_image(name: str, values: np.ndarray, labels: np.ndarray, semsim: SemSim
 
 def _per_configuration(scores: dict[str, np.ndarray], labels: np.ndarray,
                        configurations: list[str | None]) -> dict[str, Any] | None:
-    from scipy.stats import kendalltau, pearsonr, spearmanr
-
     groups: dict[str, list[int]] = defaultdict(list)
     for position, configuration in enumerate(configurations):
         if configuration is not None:

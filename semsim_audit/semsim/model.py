@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
-from semsim_audit.core import normalize
+from semsim_audit.core import normalize, resize
 
 __all__ = ["ARCHITECTURE", "HEADS", "INPUT_SIZE", "NORMALISATION", "SemSimNet", "prepare_images"]
 
@@ -46,8 +46,7 @@ def prepare_images(images: torch.Tensor, name: str = "images") -> torch.Tensor:
         images = images.expand(-1, 3, -1, -1)
     if images.shape[-2:] != (INPUT_SIZE, INPUT_SIZE):
         # Anti-aliased downsampling keeps large inputs from aliasing into texture the model never saw.
-        images = F.interpolate(images, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear",
-                               antialias=True, align_corners=False)
+        images = resize(images, INPUT_SIZE)
     return images.clamp(0.0, 1.0)
 
 

@@ -13,32 +13,35 @@ the same training code reads proxy and human annotations.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torchvision.transforms.functional import gaussian_blur
+from skimage import data as skdata
 
-from semsim_audit.data import photo_images
+from semsim_audit.core import resize, save_png
+from semsim_audit.data import PHOTO_NAMES, photo_images
+from semsim_audit.semsim.artefacts import (
+    add_checkerboard,
+    add_noise,
+    adjust_brightness,
+    adjust_contrast,
+    adjust_saturation,
+    blend,
+    blur,
+    occlude,
+    piecewise_flat,
+    scale_channels,
+    shift,
+    shuffle_patches,
+)
 
 __all__ = ["POSITIVE_ARTEFACTS", "NEGATIVE_CHANGES", "proxy_originals", "recognizable_variant",
-           "unrecognizable_variant", "write_proxy_annotations", "save_png"]
+           "unrecognizable_variant", "write_proxy_annotations"]
 
 SIZE = 32
 Artefact = Callable[[torch.Tensor, np.random.Generator], torch.Tensor]
-
-
-def _resize(image: torch.Tensor, size: int = SIZE) -> torch.Tensor:
-    return F.interpolate(image.unsqueeze(0), size=(size, size), mode="bilinear", antialias=True,
-                         align_corners=False)[0].clamp(0, 1)
-
-
-def _blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
-    kernel = min(2 * math.ceil(3 * sigma) + 1, 2 * (SIZE // 2) - 1)
-    return gaussian_blur(image.unsqueeze(0), [kernel, kernel], [sigma, sigma])[0]
 
 
 def photo_crops(photo: torch.Tensor, count: int, rng: np.random.Generator,
@@ -49,22 +52,18 @@ def photo_crops(photo: torch.Tensor, count: int, rng: np.random.Generator,
     for _ in range(count):
         side = max(8, int(min(height, width) * rng.uniform(*scale)))
         top, left = int(rng.integers(0, height - side + 1)), int(rng.integers(0, width - side + 1))
-        crops.append(_resize(photo[:, top:top + side, left:left + side]))
+        crops.append(resize(photo[:, top:top + side, left:left + side], SIZE))
     return crops
 
 
 def proxy_originals(crops_per_photo: int, seed: int, faces: bool = True) -> list[tuple[str, torch.Tensor]]:
     """(class name, (3, 32, 32) image) originals: photo crops, then the LFW faces subset."""
-    from skimage import data as skdata
-
-    from semsim_audit.data import PHOTO_NAMES
-
     rng = np.random.default_rng(seed)
     originals = [(name, crop) for name, photo in zip(PHOTO_NAMES, photo_images(), strict=True)
                  for crop in photo_crops(photo, crops_per_photo, rng)]
     if faces:
         lfw = torch.from_numpy(np.asarray(skdata.lfw_subset(), dtype=np.float32))
-        originals += [("face" if i < 100 else "nonface", _resize(face.expand(3, -1, -1)))
+        originals += [("face" if i < 100 else "nonface", resize(face.expand(3, -1, -1), SIZE))
                       for i, face in enumerate(lfw)]
     return originals
 
@@ -73,14 +72,13 @@ def proxy_originals(crops_per_photo: int, seed: int, faces: bool = True) -> list
 
 def _shift(image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     dy, dx = (int(v) for v in rng.integers(-3, 4, size=2))
-    padded = F.pad(image.unsqueeze(0), (3, 3, 3, 3), mode="replicate")[0]
-    return padded[:, 3 + dy:3 + dy + SIZE, 3 + dx:3 + dx + SIZE]
+    return shift(image, dy, dx, margin=3)
 
 
 def _crop_resize(image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     side = int(SIZE * rng.uniform(0.75, 0.95))
     top, left = (int(v) for v in rng.integers(0, SIZE - side + 1, size=2))
-    return _resize(image[:, top:top + side, left:left + side])
+    return resize(image[:, top:top + side, left:left + side], SIZE)
 
 
 def _flip(image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
@@ -88,47 +86,38 @@ def _flip(image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
 
 
 def _colour(image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-    grey = image.mean(dim=0, keepdim=True)
-    saturated = grey + (image - grey) * rng.uniform(0.5, 1.5)
-    mean = saturated.mean()
-    contrasted = mean + (saturated - mean) * rng.uniform(0.7, 1.3)
-    gains = torch.from_numpy(rng.uniform(0.85, 1.15, size=(3, 1, 1))).float()
-    return (contrasted * gains + rng.uniform(-0.15, 0.15)).clamp(0, 1)
+    image = adjust_saturation(image, rng.uniform(0.5, 1.5))
+    image = adjust_contrast(image, rng.uniform(0.7, 1.3))
+    image = scale_channels(image, rng.uniform(0.85, 1.15, size=3))
+    return adjust_brightness(image, rng.uniform(-0.15, 0.15)).clamp(0, 1)
 
 
 def _noise(image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     noise = torch.from_numpy(rng.standard_normal(image.shape)).float()
-    return (image + noise * rng.uniform(0.02, 0.08)).clamp(0, 1)
+    return add_noise(image, noise, rng.uniform(0.02, 0.08))
 
 
 def _mild_blur(image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-    return _blur(image, rng.uniform(0.4, 1.0))
+    return blur(image, rng.uniform(0.4, 1.0))
 
 
 def _checkerboard(image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-    # Transposed-convolution / gradient-matching artefact: a fixed-period grid over the image.
     period = int(rng.choice([2, 4]))
-    rows = torch.arange(SIZE).div(period // 2, rounding_mode="floor")
-    grid = ((rows.view(-1, 1) + rows.view(1, -1)) % 2).float() * 2 - 1
     tint = torch.from_numpy(rng.uniform(0.5, 1.0, size=(3, 1, 1))).float()
-    return (image + grid * tint * rng.uniform(0.03, 0.1)).clamp(0, 1)
+    return add_checkerboard(image, rng.uniform(0.03, 0.1), period, tint)
 
 
 def _flat_patches(image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-    # Total-variation priors flatten regions: mix in a blocky, piecewise-constant copy.
     factor = int(rng.choice([2, 4]))
-    blocky = F.interpolate(F.avg_pool2d(image.unsqueeze(0), factor), scale_factor=factor, mode="nearest")[0]
     weight = rng.uniform(0.4, 0.9) if factor == 4 else rng.uniform(0.6, 1.0)
-    return image * (1 - weight) + blocky * weight
+    return blend(image, piecewise_flat(image, SIZE // factor), weight)
 
 
 def _occlusion(image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     height, width = (int(v) for v in rng.integers(6, 15, size=2))
     top, left = int(rng.integers(0, SIZE - height + 1)), int(rng.integers(0, SIZE - width + 1))
-    out = image.clone()
     fill = torch.from_numpy(rng.uniform(0, 1, size=(3, 1, 1))).float()
-    out[:, top:top + height, left:left + width] = fill
-    return out
+    return occlude(image, top, left, height, width, fill)
 
 
 POSITIVE_ARTEFACTS: dict[str, Artefact] = {
@@ -149,25 +138,20 @@ def recognizable_variant(image: torch.Tensor, rng: np.random.Generator) -> torch
 
 def _heavy_noise(image: torch.Tensor, other: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     noise = torch.from_numpy(rng.uniform(0, 1, size=image.shape)).float()
-    weight = rng.uniform(0.7, 0.95)
-    return image * (1 - weight) + noise * weight
+    return blend(image, noise, rng.uniform(0.7, 0.95))
 
 
 def _heavy_blur(image: torch.Tensor, other: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-    return _blur(image, rng.uniform(3.5, 6.0))
+    return blur(image, rng.uniform(3.5, 6.0))
 
 
 def _patch_shuffle(image: torch.Tensor, other: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     patch = int(rng.choice([4, 8]))
-    count = SIZE // patch
-    tiles = image.unfold(1, patch, patch).unfold(2, patch, patch).reshape(3, count * count, patch, patch)
-    tiles = tiles[:, torch.from_numpy(rng.permutation(count * count))]
-    return tiles.reshape(3, count, count, patch, patch).permute(0, 1, 3, 2, 4).reshape(3, SIZE, SIZE)
+    return shuffle_patches(image, patch, rng.permutation((SIZE // patch) ** 2))
 
 
 def _blend(image: torch.Tensor, other: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-    weight = rng.uniform(0.65, 0.85)
-    return image * (1 - weight) + other * weight
+    return blend(image, other, rng.uniform(0.65, 0.85))
 
 
 def _other_image(image: torch.Tensor, other: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
@@ -176,10 +160,9 @@ def _other_image(image: torch.Tensor, other: torch.Tensor, rng: np.random.Genera
 
 def _not_converged(image: torch.Tensor, other: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     # An attack stopped early: smooth coloured noise with at most a faint trace of the image.
-    noise = _blur(torch.from_numpy(rng.uniform(0, 1, size=image.shape)).float(), rng.uniform(0.8, 2.0))
+    noise = blur(torch.from_numpy(rng.uniform(0, 1, size=image.shape)).float(), rng.uniform(0.8, 2.0))
     noise = (noise - noise.amin()) / (noise.amax() - noise.amin() + 1e-8)
-    trace = rng.uniform(0.0, 0.15)
-    return image * trace + noise * (1 - trace)
+    return blend(noise, image, rng.uniform(0.0, 0.15))
 
 
 # Mean squared pixel change below which a "destroying" change has not destroyed anything.
@@ -200,14 +183,6 @@ def unrecognizable_variant(image: torch.Tensor, other: torch.Tensor, rng: np.ran
         # Blurring or shuffling a flat region changes nothing: such an image is still recognizable.
         changed = _other_image(image, other, rng).clamp(0, 1)
     return changed
-
-
-def save_png(image: torch.Tensor, path: Path) -> None:
-    """Write a [0, 1] (C, H, W) image as an 8-bit PNG."""
-    from PIL import Image
-
-    array = image.clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    Image.fromarray(array if array.shape[2] == 3 else array[..., 0]).save(path)
 
 
 def write_proxy_annotations(directory: str | Path, originals: Sequence[tuple[str, torch.Tensor]],

@@ -51,10 +51,23 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torchvision.transforms.functional import gaussian_blur
 
+from semsim_audit.core import resize, save_png
 from semsim_audit.data import PHOTO_NAMES, photo_images
+from semsim_audit.semsim.artefacts import (
+    add_checkerboard,
+    add_noise,
+    adjust_brightness,
+    adjust_contrast,
+    adjust_gamma,
+    adjust_saturation,
+    blend,
+    blur,
+    occlude,
+    piecewise_flat,
+    scale_channels,
+    shuffle_patches,
+)
 
 __all__ = [
     "DAMAGES", "TOLERANCE_TEMPERATURE", "SimulatedAnnotations", "simulate_annotations",
@@ -164,9 +177,7 @@ def _crop(photo_index: int, y: float, x: float, side: float, split: str) -> torc
     side = int(max(8, min(side, bottom - top, right - left)))
     y = int(min(max(round(y), top), bottom - side))
     x = int(min(max(round(x), left), right - side))
-    patch = photo[:, y:y + side, x:x + side].unsqueeze(0)
-    return F.interpolate(patch, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", antialias=True,
-                         align_corners=False).clamp(0, 1)[0]
+    return resize(photo[:, y:y + side, x:x + side], IMAGE_SIZE)
 
 
 def _original(seed: int, split: str, index: int) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
@@ -204,17 +215,15 @@ def _nuisance(seed: int, split: str, index: int, rng: np.random.Generator) -> to
     if flip != (rng.random() < 0.25):  # the annotator does not care which way round the image is
         image = image.flip(-1)
     if rng.random() < 0.5:
-        image = image + rng.uniform(-0.2, 0.2)
+        image = adjust_brightness(image, rng.uniform(-0.2, 0.2))
     if rng.random() < 0.5:
-        mean = image.mean()
-        image = (image - mean) * rng.uniform(0.6, 1.5) + mean
+        image = adjust_contrast(image, rng.uniform(0.6, 1.5))
     if rng.random() < 0.5:
-        grey = image.mean(0, keepdim=True)
-        image = grey + (image - grey) * rng.uniform(0.3, 1.5)
+        image = adjust_saturation(image, rng.uniform(0.3, 1.5))
     if rng.random() < 0.5:
-        image = image * torch.from_numpy(rng.uniform(0.8, 1.2, size=(3, 1, 1))).float()
+        image = scale_channels(image, rng.uniform(0.8, 1.2, size=3))
     if rng.random() < 0.3:
-        image = image.clamp(0, 1) ** rng.uniform(0.7, 1.4)
+        image = adjust_gamma(image, rng.uniform(0.7, 1.4))
     return image.clamp(0, 1)
 
 
@@ -223,43 +232,27 @@ def _damage(image: torch.Tensor, name: str, severity: float, rng: np.random.Gene
     """Apply one damage of the given severity (1 = the annotator's tolerance) to a (3, 32, 32) image."""
     if name == "noise":
         noise = torch.from_numpy(rng.standard_normal(image.shape)).float()
-        return (image + 0.12 * severity * noise).clamp(0, 1)
+        return add_noise(image, noise, 0.12 * severity)
     if name == "blur":
-        sigma = 1.0 * severity
-        kernel = 2 * math.ceil(3 * sigma) + 1
-        return gaussian_blur(image, [kernel, kernel], [sigma, sigma])
+        return blur(image, 1.0 * severity)
     if name == "tv":
-        pixels = max(2, round(IMAGE_SIZE / (1 + 2.2 * severity)))
-        coarse = F.adaptive_avg_pool2d(image.unsqueeze(0), pixels)
-        blocky = F.interpolate(coarse, size=(IMAGE_SIZE, IMAGE_SIZE), mode="nearest")[0]
-        grid = torch.arange(IMAGE_SIZE)
-        checker = ((grid[:, None] + grid[None, :]) % 2).float() * 2 - 1
-        return (blocky + 0.03 * checker).clamp(0, 1)
+        cells = max(2, round(IMAGE_SIZE / (1 + 2.2 * severity)))
+        return add_checkerboard(piecewise_flat(image, cells), 0.03)
     if name == "occlusion":
         side = max(2, round(IMAGE_SIZE * math.sqrt(min(0.95, 0.25 * severity))))
         y, x = (int(v) for v in rng.integers(0, IMAGE_SIZE - side + 1, size=2))
-        out = image.clone()
-        if rng.random() < 0.5:
-            out[:, y:y + side, x:x + side] = torch.from_numpy(rng.uniform(0, 1, size=(3, 1, 1))).float()
-        else:
-            out[:, y:y + side, x:x + side] = torch.from_numpy(rng.uniform(0, 1, size=(3, side, side))).float()
-        return out
+        shape = (3, 1, 1) if rng.random() < 0.5 else (3, side, side)  # a flat colour or noise
+        return occlude(image, y, x, side, side, torch.from_numpy(rng.uniform(0, 1, size=shape)).float())
     if name == "shuffle":
-        cell = IMAGE_SIZE // 4
         moved = int(min(16, max(2, round(16 * severity / 5))))
         chosen = rng.choice(16, size=moved, replace=False)
-        # A derangement of the chosen patches: each one ends up somewhere else.
+        # A derangement of the chosen patches of the 4x4 grid: each one ends up somewhere else.
         target = np.roll(chosen, 1 + int(rng.integers(moved - 1)) if moved > 2 else 1)
-        out = image.clone()
-        for source, destination in zip(chosen, target, strict=True):
-            sy, sx = divmod(int(source), 4)
-            dy, dx = divmod(int(destination), 4)
-            out[:, dy * cell:(dy + 1) * cell, dx * cell:(dx + 1) * cell] = \
-                image[:, sy * cell:(sy + 1) * cell, sx * cell:(sx + 1) * cell]
-        return out
+        order = np.arange(16)
+        order[target] = chosen
+        return shuffle_patches(image, IMAGE_SIZE // 4, order)
     if name == "blend":
-        weight = min(0.95, 0.3 * severity)
-        return ((1 - weight) * image + weight * other).clamp(0, 1)
+        return blend(image, other, min(0.95, 0.3 * severity)).clamp(0, 1)
     raise ValueError(f"unknown damage {name!r}; known damages: {', '.join(DAMAGES)}")
 
 
@@ -333,13 +326,6 @@ def simulate_annotations(identities: int, *, split: Split = "train", per_identit
     )
 
 
-def _save_png(image: torch.Tensor, path: Path) -> None:
-    from PIL import Image
-
-    array = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    Image.fromarray(array).save(path)
-
-
 def write_released_layout(annotations: SimulatedAnnotations, root: str | Path,
                           identity_names: Sequence[str] | None = None) -> Path:
     """Write the annotations in the released layout under ``root`` and return ``root``.
@@ -360,14 +346,14 @@ def write_released_layout(annotations: SimulatedAnnotations, root: str | Path,
     for index, name in enumerate(names):
         folder = base / name
         folder.mkdir(exist_ok=True)
-        _save_png(annotations.originals[index], folder / f"{name}_{annotations.classes[index]}_ori.png")
+        save_png(annotations.originals[index], folder / f"{name}_{annotations.classes[index]}_ori.png")
     for number in range(annotations.reconstructions.shape[0]):
         index = int(annotations.owners[number])
         label = bool(annotations.recognizable[number])
         folder = base / (names[index] if label else f"-{names[index]}")
         folder.mkdir(exist_ok=True)
         file = folder / f"{names[index]}_{number}.png"
-        _save_png(annotations.reconstructions[number], file)
+        save_png(annotations.reconstructions[number], file)
         severity = float(annotations.severities[number])
         records.append({"file": file.relative_to(root).as_posix(), "identity": names[index],
                         "recognizable": label, "damage": annotations.damages[number],
@@ -376,7 +362,7 @@ def write_released_layout(annotations: SimulatedAnnotations, root: str | Path,
         others = root / "others"
         others.mkdir(exist_ok=True)
         for number, image in enumerate(annotations.extra_negatives):
-            _save_png(image, others / f"other_{number}.png")
+            save_png(image, others / f"other_{number}.png")
     manifest = {"annotator": "simulated (rule-based stand-in for people, not human judgement)",
                 "split": annotations.split, "seed": annotations.seed, "reconstructions": records}
     (root / "simulated_annotator.json").write_text(json.dumps(manifest, indent=1))

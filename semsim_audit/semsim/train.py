@@ -1,6 +1,6 @@
 """Training SemSim on annotations in the released layout, then calibrating it.
 
-Two recipes share this trainer (issue 9 chose the default with ``benchmarks/semsim_sample_efficiency.py``):
+Two recipes share this trainer (``benchmarks/semsim_sample_efficiency.py`` chose the default):
 
 * the default: a frozen, randomly initialised width-16 ResNet-18 and the ``"stats"`` projection head
   (:class:`~semsim_audit.semsim.model.SemSimNet`), of which only the head learns (``trainable="head"``):
@@ -42,6 +42,14 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from torch import nn
 
 from semsim_audit.core import seed_everything, select_device
@@ -457,15 +465,6 @@ def _best_epoch(history: list[dict[str, Any]]) -> int | None:
 def train(data: str | Path, out: str | Path, config: TrainConfig | None = None, *,
           progress: bool = True) -> TrainResult:
     """Train on the annotation folder ``data``, calibrate, and write the checkpoint to ``out``."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     config = config or TrainConfig()
     out = Path(out)
     annotations = read_annotations(data)

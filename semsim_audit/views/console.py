@@ -26,7 +26,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from semsim_audit.report import LogSink, PrivacyReport, RoundRecord
+from semsim_audit.report import LogSink, PrivacyReport, RoundRecord, format_value
 
 __all__ = [
     "ROUND_COLUMNS", "round_cells", "leakage_level", "rounds_table", "summary_panel", "render_report",
@@ -54,10 +54,6 @@ _STATUS_STYLE = {"ok": "green", "partial": "yellow", "failed": "bold red", "not 
 _ROUTED_LOGGERS = ("flwr", "ray", "semsim_audit")
 
 
-def _num(value: float | None, spec: str) -> str:
-    return "n/a" if value is None else format(value, spec)
-
-
 def _audited(record: RoundRecord) -> str:
     failed = sum(c.status == "failed" for c in record.clients)
     return f"{len(record.clients)} ({failed} fail)" if failed else str(len(record.clients))
@@ -67,14 +63,14 @@ def round_cells(record: RoundRecord) -> list[str]:
     """The plain-text cells of one table row, in :data:`ROUND_COLUMNS` order (console and HTML share them)."""
     return [
         str(record.round),
-        _num(record.accuracy, ".1%"),
-        _num(record.loss, ".3f"),
+        format_value(record.accuracy, ".1%"),
+        format_value(record.loss, ".3f"),
         _audited(record),
-        _num(record.leakage_rate, ".0%"),
-        _num(record.mean_semsim, ".3f"),
-        _num(record.mean_psnr, ".1f"),
-        _num(record.mean_ssim, ".3f"),
-        _num(record.mean_lpips, ".3f"),
+        format_value(record.leakage_rate, ".0%"),
+        format_value(record.mean_semsim, ".3f"),
+        format_value(record.mean_psnr, ".1f"),
+        format_value(record.mean_ssim, ".3f"),
+        format_value(record.mean_lpips, ".3f"),
         f"{record.attack_seconds:.1f}",
         record.status,
     ]
@@ -120,10 +116,11 @@ def summary_panel(report: PrivacyReport) -> Panel:
         lines.append("worst round   ", style="bold").append("n/a (no audited round has a score)\n")
     else:
         lines.append("worst round   ", style="bold").append(
-            f"{worst.round}: leakage {_num(worst.leakage_rate, '.0%')}, "
-            f"mean SemSim {_num(worst.mean_semsim, '.3f')}, mean PSNR {_num(worst.mean_psnr, '.1f')} dB\n")
+            f"{worst.round}: leakage {format_value(worst.leakage_rate, '.0%')}, "
+            f"mean SemSim {format_value(worst.mean_semsim, '.3f')}, "
+            f"mean PSNR {format_value(worst.mean_psnr, '.1f')} dB\n")
         lines.append("worst client  ", style="bold").append(
-            f"{worst.worst_client if worst.worst_client is not None else 'n/a'} (in round {worst.round})\n")
+            f"{format_value(worst.worst_client, 'd')} (in round {worst.round})\n")
     kind = report.checkpoint_kind
     threshold = report.semsim.get("threshold")
     lines.append("SemSim        ", style="bold").append(

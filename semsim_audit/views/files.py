@@ -18,7 +18,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.image import imread
 
-from semsim_audit.report import ClientAudit, PrivacyReport, RoundRecord
+from semsim_audit.report import ClientAudit, PrivacyReport, RoundRecord, format_value
 
 __all__ = [
     "CSV_COLUMNS", "RunFiles", "new_run_dir", "write_rounds_csv", "write_report_json", "plot_rounds",
@@ -149,10 +149,6 @@ def _load(run_dir: Path, relative: str | None) -> np.ndarray | None:
     return None if path is None else imread(path)
 
 
-def _label(value: float | None, spec: str, unit: str = "") -> str:
-    return "n/a" if value is None else f"{value:{spec}}{unit}"
-
-
 def write_image_grid(run_dir: str | Path, round_number: int, audit: ClientAudit) -> Path | None:
     """Originals above reconstructions, each column labelled with SemSim and PSNR; None without images."""
     run_dir = Path(run_dir)
@@ -175,7 +171,8 @@ def write_image_grid(run_dir: str | Path, round_number: int, audit: ClientAudit)
         verdict = {True: "recognizable", False: "not recogn.", None: ""}[score.recognizable]
         axes[0][column].set_title(f"original {score.original_index}", fontsize=8)
         axes[1][column].set_title(
-            f"SemSim {_label(score.semsim, '.3f')}\nPSNR {_label(score.psnr, '.1f', ' dB')}\n{verdict}",
+            f"SemSim {format_value(score.semsim, '.3f')}\n"
+            f"PSNR {format_value(score.psnr, '.1f', ' dB')}\n{verdict}",
             fontsize=8, color="tab:red" if score.recognizable else "black")
     axes[0][0].set_ylabel("original")
     axes[1][0].set_ylabel("reconstruction")

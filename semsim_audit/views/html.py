@@ -11,13 +11,13 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from semsim_audit.report import ClientAudit, PrivacyReport, ReconstructionScore
+from semsim_audit.report import ClientAudit, PrivacyReport, ReconstructionScore, format_value
 from semsim_audit.views.console import ROUND_COLUMNS, leakage_level, round_cells
 from semsim_audit.views.files import saved_image
 
-__all__ = ["data_uri", "render_html", "write_html"]
+__all__ = ["STYLE", "data_uri", "render_html", "write_html"]
 
-_STYLE = """
+STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
 h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; } h3 { font-size: 1em; }
 table { border-collapse: collapse; margin: 0.5em 0; }
@@ -48,10 +48,6 @@ def _esc(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _num(value: float | None, spec: str, unit: str = "") -> str:
-    return "n/a" if value is None else f"{value:{spec}}{unit}"
-
-
 def _threshold(report: PrivacyReport) -> str:
     threshold = report.semsim.get("threshold")
     return f", recognizable at SemSim &le; {threshold:.3f}" if isinstance(threshold, int | float) else ""
@@ -74,9 +70,9 @@ def _header(report: PrivacyReport) -> str:
     worst = report.worst_round()
     if worst is not None:
         parts.append(
-            f"<p>Worst round: <b>{worst.round}</b> (leakage {_num(worst.leakage_rate, '.0%')}, "
-            f"mean SemSim {_num(worst.mean_semsim, '.3f')}); worst client in it: "
-            f"<b>{_esc(worst.worst_client if worst.worst_client is not None else 'n/a')}</b>.</p>")
+            f"<p>Worst round: <b>{worst.round}</b> (leakage {format_value(worst.leakage_rate, '.0%')}, "
+            f"mean SemSim {format_value(worst.mean_semsim, '.3f')}); worst client in it: "
+            f"<b>{_esc(format_value(worst.worst_client, 'd'))}</b>.</p>")
     return "\n".join(parts)
 
 
@@ -113,8 +109,9 @@ def _caption(score: ReconstructionScore) -> str:
     labels = ""
     if score.true_label is not None or score.recovered_label is not None:
         labels = f"<br>label {_esc(score.true_label)} &rarr; {_esc(score.recovered_label)}"
-    return (f"SemSim {_num(score.semsim, '.3f')}<br>PSNR {_num(score.psnr, '.1f', ' dB')}<br>"
-            f"SSIM {_num(score.ssim, '.3f')}<br>LPIPS {_num(score.lpips, '.3f')}{labels}<br>{verdict}")
+    return (f"SemSim {format_value(score.semsim, '.3f')}<br>PSNR {format_value(score.psnr, '.1f', ' dB')}<br>"
+            f"SSIM {format_value(score.ssim, '.3f')}<br>LPIPS {format_value(score.lpips, '.3f')}"
+            f"{labels}<br>{verdict}")
 
 
 def _client_section(run_dir: Path, round_number: int, audit: ClientAudit) -> str:
@@ -163,7 +160,7 @@ def render_html(report: PrivacyReport, run_dir: str | Path, plots: Sequence[str 
         f"<h2>Configuration</h2><pre>{config}</pre><h2>SemSim checkpoint</h2><pre>{semsim}</pre>",
     ])
     return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-            f"<title>semsim-audit run {_esc(report.run_id)}</title><style>{_STYLE}</style></head>"
+            f"<title>semsim-audit run {_esc(report.run_id)}</title><style>{STYLE}</style></head>"
             f"<body>\n{body}\n</body></html>\n")
 
 

@@ -9,6 +9,9 @@ from semsim_audit.report import (
     PrivacyReport,
     ReconstructionScore,
     RoundRecord,
+    format_value,
+    leakage_rate,
+    mean,
     read_jsonl,
 )
 
@@ -79,3 +82,18 @@ def test_log_sink_writes_one_line_per_round():
     sink.close(report)
     assert len(lines) == 3
     assert "round 1: accuracy=0.5000 clients=2 leakage=1.00" in lines[1]
+
+
+def test_unknown_values_are_left_out_of_means_and_rates():
+    assert mean([1.0, None, float("inf"), 3.0]) == 2.0
+    assert mean([None, float("nan")]) is None
+    flags = [True, None, False]
+    scores = [ReconstructionScore(original_index=i, recognizable=r) for i, r in enumerate(flags)]
+    assert leakage_rate(scores) == 0.5
+    assert leakage_rate(scores[1:2]) is None
+
+
+def test_format_value_says_n_a_for_unknown_values():
+    assert format_value(0.1234, ".1%") == "12.3%"
+    assert format_value(18.25, ".1f", " dB") == "18.2 dB"
+    assert format_value(None, ".1f", " dB") == "n/a"
