@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullLocator
 from rich.console import Console
 from rich.table import Table
 
@@ -187,13 +189,8 @@ def summarise(results: dict[str, Any], sizes: list[int]) -> tuple[list[Table], d
 
 def plot(summary: dict[str, Any], sizes: list[int], shipped_auc: float, path: Path) -> None:
     """Learning curves: held-out AUC against training identities, mean ± sd band per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-
-    figure, axis = plt.subplots(figsize=(6.4, 4.2))
+    figure = Figure(figsize=(6.4, 4.2))
+    axis = figure.subplots()
     for method, by_size in summary.items():
         if method == "training_seconds":
             continue
@@ -205,7 +202,7 @@ def plot(summary: dict[str, Any], sizes: list[int], shipped_auc: float, path: Pa
             axis.fill_between(sizes, mean - spread, mean + spread, alpha=0.2, color=line.get_color())
     axis.axhline(shipped_auc, color="grey", linestyle=":", label="SemSim shipped, no fine-tuning")
     axis.set_xscale("log")
-    axis.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    axis.xaxis.set_minor_locator(NullLocator())
     axis.set_xticks(sizes, [str(s) for s in sizes])
     axis.set_xlabel("annotated training identities (about 10 reconstructions each)")
     axis.set_ylabel("held-out ROC AUC (recognizable vs not)")
@@ -213,7 +210,6 @@ def plot(summary: dict[str, Any], sizes: list[int], shipped_auc: float, path: Pa
     axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-    plt.close(figure)
 
 
 def _int_list(text: str) -> list[int]:

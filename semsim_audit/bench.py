@@ -2,8 +2,9 @@
 
 A sweep runs one audited federated training per cell (defense x strength x seed) with everything
 else fixed, and compares the cells on final accuracy and leakage. This module is the sweep's logic
-and its files; it never imports Flower: the ``semsim-audit bench`` command passes in the function
-that runs one cell.
+and its files; the defenses and their run-config keys are those of
+:mod:`semsim_audit.strategies.defenses`, and the ``semsim-audit bench`` command passes in the
+function that runs one cell.
 
 Output folder::
 
@@ -25,7 +26,7 @@ import re
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,76 +35,15 @@ from matplotlib.figure import Figure
 from rich.table import Table
 
 from semsim_audit.report import PrivacyReport, format_value, leakage_rate, mean, pooled_scores
+from semsim_audit.strategies.defenses import DEFENSES, Strength
 from semsim_audit.views.html import STYLE, data_uri
 
 __all__ = [
-    "DEFENSES", "DefenseKind", "DefenseSpec", "Cell", "CellResult", "Row", "METRICS",
+    "DEFENSES", "DefenseSpec", "Cell", "CellResult", "Row", "METRICS",
     "parse_defense", "parse_defense_option", "cell_grid", "result_from_report", "SweepState",
     "run_sweep", "aggregate", "pareto_front", "results_table", "write_csv", "write_json",
     "plot_tradeoff", "render_html", "write_outputs",
 ]
-
-Strength = float | int | str | None
-
-
-def _number(low: float, high: float | None = None, *, low_open: bool = False,
-            high_open: bool = True) -> Callable[[str], float]:
-    """A parser of one float within [low, high) (bounds open or closed as asked)."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise ValueError(f"{text!r} is not a number") from None
-        too_low = value <= low if low_open else value < low
-        too_high = high is not None and (value >= high if high_open else value > high)
-        if not math.isfinite(value) or too_low or too_high:
-            bounds = f"{'(' if low_open else '['}{low:g}, {'inf' if high is None else f'{high:g}'}"
-            bounds += ")" if high is None or high_open else "]"
-            raise ValueError(f"{text!r} is not in {bounds}")
-        return value
-
-    return parse
-
-
-def _bits(text: str) -> int | str:
-    if text == "sign":
-        return "sign"
-    if text.isdigit() and 1 <= int(text) <= 16:
-        return int(text)
-    raise ValueError(f"{text!r} is neither 'sign' nor a bit count in 1..16")
-
-
-@dataclass(frozen=True)
-class DefenseKind:
-    """One defense of the sweep: the run-config key its strength sets, and its extra options."""
-
-    key: str | None
-    parse: Callable[[str], Strength] | None
-    options: Mapping[str, Callable[[str], Strength]] = field(default_factory=dict)
-    meaning: str = ""
-
-
-# The keys are those semsim_audit.strategies.defenses reads (a test keeps the two tables equal).
-DEFENSES: dict[str, DefenseKind] = {
-    "none": DefenseKind(None, None, meaning="no defense"),
-    "noise": DefenseKind("defense.noise.sigma", _number(0.0),
-                         {"clip": _number(0.0, low_open=True)},
-                         "Gaussian noise, std sigma x norm (norm: noise.clip, else the update's own)"),
-    "prune": DefenseKind("defense.prune.share", _number(0.0, 1.0),
-                         meaning="share of each layer's update zeroed (smallest magnitudes)"),
-    "clip": DefenseKind("defense.clip.norm", _number(0.0, low_open=True),
-                        meaning="L2 bound on the update"),
-    "quantize": DefenseKind("defense.quantize.bits", _bits,
-                            meaning="'sign' or b-bit stochastic quantisation of the update"),
-    "dp-fixed": DefenseKind("defense.dp-fixed.noise", _number(0.0),
-                            {"clip": _number(0.0, low_open=True)},
-                            "Flower client-side fixed clipping DP: noise multiplier (clip: dp-fixed.clip)"),
-    "localdp": DefenseKind("defense.localdp.epsilon", _number(0.0, low_open=True),
-                           {"clip": _number(0.0, low_open=True), "sensitivity": _number(0.0),
-                            "delta": _number(0.0, 1.0, low_open=True)},
-                           "Flower LocalDpMod: epsilon (clip, sensitivity, delta: localdp.*)"),
-}
 
 METRICS = ("accuracy", "leakage_rate", "mean_semsim", "mean_psnr", "mean_ssim")
 

@@ -47,6 +47,7 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -57,22 +58,80 @@ from flwr.common.constant import ErrorCode
 from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping, Strategy
 
 __all__ = [
-    "BUFFER_SUFFIXES", "DEFENSE_KEYS", "is_parameter", "update_norm", "clip_update", "noise_update",
-    "prune_update", "quantize_update", "prune_mod", "clip_mod", "noise_mod", "quantize_mod",
+    "BUFFER_SUFFIXES", "DEFENSES", "Defense", "DEFENSE_KEYS", "Strength", "is_parameter", "update_norm",
+    "clip_update", "noise_update", "prune_update", "quantize_update", "prune_mod", "clip_mod", "noise_mod",
+    "quantize_mod",
     "localdp_mod", "dp_fixed_clipping_mod", "parameters_only", "defense_mods", "dp_fixed_strategy",
 ]
 
 BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
 
+Strength = float | int | str | None
+
+
+def _number(low: float, high: float | None = None, *, low_open: bool = False,
+            high_open: bool = True) -> Callable[[str], float]:
+    """A parser of one float within [low, high) (bounds open or closed as asked)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"{text!r} is not a number") from None
+        too_low = value <= low if low_open else value < low
+        too_high = high is not None and (value >= high if high_open else value > high)
+        if not math.isfinite(value) or too_low or too_high:
+            bounds = f"{'(' if low_open else '['}{low:g}, {'inf' if high is None else f'{high:g}'}"
+            bounds += ")" if high is None or high_open else "]"
+            raise ValueError(f"{text!r} is not in {bounds}")
+        return value
+
+    return parse
+
+
+def _bits_text(text: str) -> int | str:
+    if text == "sign":
+        return "sign"
+    if text.isdigit() and 1 <= int(text) <= 16:
+        return int(text)
+    raise ValueError(f"{text!r} is neither 'sign' nor a bit count in 1..16")
+
+
+@dataclass(frozen=True)
+class Defense:
+    """One defense: the run-config key that turns it on with its strength, its options, what it does.
+
+    Option ``o`` of defense ``d`` is the run-config key ``defense.d.o``. Parsers read the text a
+    user types (``--defense noise:0.1``) and raise ValueError naming the problem.
+    """
+
+    key: str | None
+    parse: Callable[[str], Strength] | None
+    options: Mapping[str, Callable[[str], Strength]] = field(default_factory=dict)
+    meaning: str = ""
+
+
+DEFENSES: dict[str, Defense] = {
+    "none": Defense(None, None, meaning="no defense"),
+    "noise": Defense("defense.noise.sigma", _number(0.0), {"clip": _number(0.0, low_open=True)},
+                     "Gaussian noise, std sigma x norm (norm: noise.clip, else the update's own)"),
+    "prune": Defense("defense.prune.share", _number(0.0, 1.0),
+                     meaning="share of each layer's update zeroed (smallest magnitudes)"),
+    "clip": Defense("defense.clip.norm", _number(0.0, low_open=True), meaning="L2 bound on the update"),
+    "quantize": Defense("defense.quantize.bits", _bits_text,
+                        meaning="'sign' or b-bit stochastic quantisation of the update"),
+    "dp-fixed": Defense("defense.dp-fixed.noise", _number(0.0), {"clip": _number(0.0, low_open=True)},
+                        "Flower client-side fixed clipping DP: noise multiplier (clip: dp-fixed.clip)"),
+    "localdp": Defense("defense.localdp.epsilon", _number(0.0, low_open=True),
+                       {"clip": _number(0.0, low_open=True), "sensitivity": _number(0.0),
+                        "delta": _number(0.0, 1.0, low_open=True)},
+                       "Flower LocalDpMod: epsilon (clip, sensitivity, delta: localdp.*)"),
+}
+
 # The run-config keys each defense reads; the first one turns the defense on.
 DEFENSE_KEYS: dict[str, tuple[str, ...]] = {
-    "prune": ("defense.prune.share",),
-    "clip": ("defense.clip.norm",),
-    "noise": ("defense.noise.sigma", "defense.noise.clip"),
-    "quantize": ("defense.quantize.bits",),
-    "localdp": ("defense.localdp.epsilon", "defense.localdp.clip", "defense.localdp.sensitivity",
-                "defense.localdp.delta"),
-    "dp-fixed": ("defense.dp-fixed.noise", "defense.dp-fixed.clip"),
+    name: (defense.key, *(f"defense.{name}.{option}" for option in defense.options))
+    for name, defense in DEFENSES.items() if defense.key is not None
 }
 
 Update = dict[str, np.ndarray]

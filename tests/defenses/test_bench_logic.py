@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from semsim_audit.bench import (
-    DEFENSES,
     Cell,
     CellResult,
     DefenseSpec,
@@ -61,18 +60,6 @@ def test_defense_options() -> None:
     for bad in ("noise.sigma=1", "clip=1", "noise.clip", "noise.clip=-1", "blur.x=1"):
         with pytest.raises(ValueError, match="--defense-option"):
             parse_defense_option(bad)
-
-
-def test_bench_keys_are_the_keys_the_mods_read() -> None:
-    pytest.importorskip("flwr")
-    from semsim_audit.strategies.defenses import DEFENSE_KEYS
-
-    for name, kind in DEFENSES.items():
-        if kind.key is None:
-            continue
-        assert DEFENSE_KEYS[name][0] == kind.key
-        assert {f"defense.{name}.{o}" for o in kind.options} == set(DEFENSE_KEYS[name][1:])
-    assert set(DEFENSE_KEYS) == {n for n, k in DEFENSES.items() if k.key is not None}
 
 
 def test_cell_grid_and_run_config() -> None:

@@ -20,6 +20,8 @@ from flwr.app import (
 from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping, FedAvg
 
 from semsim_audit.strategies.defenses import (
+    DEFENSE_KEYS,
+    DEFENSES,
     clip_mod,
     defense_mods,
     dp_fixed_clipping_mod,
@@ -115,6 +117,17 @@ def test_mod_without_its_parameter_passes_through(mod) -> None:
     for name, values in _arrays(reply).items():
         np.testing.assert_array_equal(values, CLIENT[name])
     assert set(reply.content["metrics"].keys()) == {"num-examples", "train_loss"}
+
+
+@pytest.mark.parametrize(("name", "text"), [("prune", "0.5"), ("clip", "0.01"), ("noise", "0.1"),
+                                            ("quantize", "sign"), ("localdp", "1.0")])
+def test_each_defense_of_the_table_is_turned_on_by_its_key(name: str, text: str) -> None:
+    # The sweep sets DEFENSES[name].key to the parsed strength; the mods must react to exactly that.
+    defense = DEFENSES[name]
+    reply = _run(defense_mods(), **{defense.key: defense.parse(text), "defense.seed": 0})
+    assert any(not np.array_equal(values, CLIENT[key]) for key, values in _arrays(reply).items()
+               if key in PARAMS), name
+    assert set(DEFENSE_KEYS[name]) == {defense.key, *(f"defense.{name}.{o}" for o in defense.options)}
 
 
 @pytest.mark.parametrize("share", [0.5, 0.7, 0.9, 0.99])
