@@ -37,6 +37,8 @@ class AttackConfig(BaseModel):
     model_mode: Literal["train", "eval"] = Field(
         "train", description="BatchNorm on batch statistics (train, as the client computed) or running ones")
     history_size: Count = Field(100, description="L-BFGS curvature pairs kept")
+    lbfgs_evaluations: Count = Field(
+        20, description="most objective evaluations in one L-BFGS iteration (torch's max_iter, as in DLG)")
     # What a recipe chooses.
     objective: Literal["l2", "cosine"] = Field("l2", description="gradient distance: L2 (DLG) or 1 - cosine")
     optimizer: Literal["signed-adam", "adam", "lbfgs"] = "adam"
@@ -93,6 +95,7 @@ class AttackResult:
     loss: float
     iterations: int
     seconds: float
+    evaluations: int = 0  # objective evaluations of its batch (an L-BFGS iteration makes up to 20)
     status: str = "ok"
     reason: str | None = None
     trials: list[TrialStatus] = field(default_factory=list)

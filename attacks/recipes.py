@@ -8,9 +8,10 @@ from dataclasses import dataclass, field
 import torch
 
 from semsim_audit.attacks.config import AttackConfig, AttackResult, TrialStatus
-from semsim_audit.attacks.engine import Plan, batchnorm_layers, optimise
+from semsim_audit.attacks.engine import Plan, Progress, optimise
 from semsim_audit.attacks.labels import recover_labels
 from semsim_audit.attacks.observation import Observation, batch_groups
+from semsim_audit.attacks.programs import batchnorm_layers
 from semsim_audit.core import select_device
 
 __all__ = ["Attack", "ATTACKS", "run_attack", "run_attacks"]
@@ -77,8 +78,8 @@ def _fixed_labels(observations: Sequence[Observation], method: str) -> torch.Ten
     return torch.stack([recover_labels(o, method) for o in observations])
 
 
-def _attack_group(attack: Attack, observations: Sequence[Observation],
-                  config: AttackConfig) -> list[AttackResult]:
+def _attack_group(attack: Attack, observations: Sequence[Observation], config: AttackConfig,
+                  progress: Progress | None) -> list[AttackResult]:
     notes: list[str] = []
     plan, label_method = _plan(attack, config, observations[0], notes)
     if label_method not in ("known", "joint"):
@@ -87,7 +88,7 @@ def _attack_group(attack: Attack, observations: Sequence[Observation],
         notes.append("one local step: the update is its gradient, matched directly")
     if not attack.unroll and observations[0].kind == "update":
         notes.append(f"{observations[0].local_steps} local steps read as one averaged gradient")
-    output = optimise(observations, plan, _fixed_labels(observations, label_method))
+    output = optimise(observations, plan, _fixed_labels(observations, label_method), progress, notes)
     settings = plan.settings
     results = []
     for index, observation in enumerate(observations):
@@ -100,7 +101,7 @@ def _attack_group(attack: Attack, observations: Sequence[Observation],
             results.append(AttackResult(
                 attack=attack.name, images=torch.zeros((observation.num_samples, *observation.spec.shape)),
                 labels=output.labels[index, 0].clone(), loss=float("nan"), iterations=settings.iterations,
-                seconds=output.seconds, status="failed",
+                seconds=output.seconds, evaluations=output.evaluations, status="failed",
                 reason=f"all {settings.restarts} restart(s) diverged (non-finite loss)", trials=trials,
                 notes=list(notes)))
             continue
@@ -108,17 +109,18 @@ def _attack_group(attack: Attack, observations: Sequence[Observation],
         images = observation.spec.denormalize(output.images[index, best]).clamp(0.0, 1.0)
         results.append(AttackResult(
             attack=attack.name, images=images.contiguous(), labels=output.labels[index, best].clone(),
-            loss=float(losses[best]), iterations=settings.iterations, seconds=output.seconds, status="ok",
-            trials=trials, notes=list(notes)))
+            loss=float(losses[best]), iterations=settings.iterations, seconds=output.seconds,
+            evaluations=output.evaluations, status="ok", trials=trials, notes=list(notes)))
     return results
 
 
-def run_attacks(name: str, observations: Sequence[Observation],
-                config: AttackConfig | None = None) -> list[AttackResult]:
+def run_attacks(name: str, observations: Sequence[Observation], config: AttackConfig | None = None,
+                progress: Progress | None = None) -> list[AttackResult]:
     """Attack every observation, batching those that fit together; results in the input order.
 
-    Raises ValueError for an unknown attack or unusable input; a diverging trial is reported in
-    its result (``status``, ``trials``), never raised.
+    ``progress(done, total)`` hears how many iterations of all batches are done, every few
+    iterations. Raises ValueError for an unknown attack or unusable input; a diverging trial is
+    reported in its result (``status``, ``trials``), never raised.
     """
     attack = _attack(name)
     config = config if config is not None else AttackConfig()
@@ -126,12 +128,18 @@ def run_attacks(name: str, observations: Sequence[Observation],
         raise ValueError(f"config must be an AttackConfig, got {type(config).__name__}")
     observations = list(observations)
     results: dict[int, AttackResult] = {}
-    for group in batch_groups(observations):
+    groups = batch_groups(observations)
+    for number, group in enumerate(groups):
         members = [observations[i] for i in group]
-        results.update(zip(group, _attack_group(attack, members, config), strict=True))
+        group_progress = None
+        if progress is not None:
+            def group_progress(done: int, total: int, before: int = number) -> None:
+                progress(before * total + done, len(groups) * total)
+        results.update(zip(group, _attack_group(attack, members, config, group_progress), strict=True))
     return [results[index] for index in range(len(observations))]
 
 
-def run_attack(name: str, observation: Observation, config: AttackConfig | None = None) -> AttackResult:
+def run_attack(name: str, observation: Observation, config: AttackConfig | None = None,
+               progress: Progress | None = None) -> AttackResult:
     """Attack one observation (the batched engine with a batch of one)."""
-    return run_attacks(name, [observation], config)[0]
+    return run_attacks(name, [observation], config, progress)[0]

@@ -5,6 +5,9 @@ one Flower round): once as a single ``run_attacks`` batch, once as K ``run_attac
 same engine and seeds. Prints a table; the PSNR columns must agree (same trials, same seeds).
 
     python benchmarks/attack_throughput.py --model convnet --ks 1,4,16,64 --iterations 100
+
+``--sweep lenet,convnet,resnet18`` instead prints one markdown table of batched rates for every
+model and K (what ``benchmarks/gpu.sh`` records on a GPU).
 """
 
 from __future__ import annotations
@@ -79,7 +82,9 @@ def _observations(model: nn.Module, count: int) -> tuple[list[Observation], torc
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="convnet", choices=["convnet", "lenet"])
+    parser.add_argument("--model", default="convnet", choices=["convnet", "lenet", "resnet18"])
+    parser.add_argument("--sweep", default=None,
+                        help="comma-separated models: batched rates only, one markdown table")
     parser.add_argument("--width", type=int, default=16, help="ConvNet width (channels of the first block)")
     parser.add_argument("--ks", default="1,4,16,64", help="comma-separated numbers of observations")
     parser.add_argument("--iterations", type=int, default=100)
@@ -91,6 +96,10 @@ def main() -> None:
     device = select_device(args.device)
     torch.manual_seed(0)
     spec = load_dataset("photos").spec
+    if args.sweep:
+        sweep([name.strip() for name in args.sweep.split(",")], [int(k) for k in args.ks.split(",")],
+              args.iterations, args.width, device)
+        return
     options = {"width": args.width} if args.model == "convnet" else {}
     model = model_for(args.model, spec, **options)
     config = AttackConfig(iterations=args.iterations, restarts=1, seed=0, device=args.device)
@@ -115,6 +124,26 @@ def main() -> None:
             row.sequential = _timed(device, lambda obs=observations: [
                 run_attack("inverting-gradients", o, config) for o in obs])
         print(row.format(), flush=True)
+
+
+def sweep(models: list[str], ks: list[int], iterations: int, width: int, device: torch.device) -> None:
+    """Batched Inverting Gradients rates for every model and K, as one markdown table."""
+    spec = load_dataset("photos").spec
+    print(f"Inverting Gradients, {iterations} iterations, 1 restart, device {device}")
+    print("| model | K | trial-iterations/s | ms per batched iteration | peak MiB |")
+    print("|---|---|---|---|---|")
+    for name in models:
+        torch.manual_seed(0)
+        model = model_for(name, spec, **({"width": width} if name == "convnet" else {}))
+        warm, _ = _observations(model, 1)
+        run_attack("inverting-gradients", warm[0], AttackConfig(iterations=2, device=str(device)))
+        config = AttackConfig(iterations=iterations, seed=0, device=str(device))
+        for k in ks:
+            observations, _ = _observations(model, k)
+            run = _timed(device, lambda obs=observations, cfg=config:
+                         run_attacks("inverting-gradients", obs, cfg))
+            print(f"| {name} | {k} | {k * iterations / run.wall:.0f} | {1e3 * run.wall / iterations:.1f} | "
+                  f"{run.peak_bytes / 2**20:.0f} |", flush=True)
 
 
 class _Run:
