@@ -103,7 +103,7 @@ class LBFGS:
         self.previous_grad: torch.Tensor | None = None    # (T, n)
         self.previous_loss: torch.Tensor | None = None    # (T,)
         self.scale: torch.Tensor | None = None            # (T,) Hessian diagonal, ys / yy
-        self.pairs: torch.Tensor | None = None            # (T, 2, H, n): s and y, one ring slot per pair
+        self.pairs: torch.Tensor | None = None            # (T, 2, H, n): s and y, a ring slot per pair
         self.sy: torch.Tensor | None = None               # (T, H, H) s_k . y_l by slot, float64
         self.yy: torch.Tensor | None = None               # (T, H, H) y_k . y_l by slot, float64
         self.position: torch.Tensor | None = None         # (T,) next slot
@@ -124,50 +124,72 @@ class LBFGS:
             offset += size
         return out
 
-    # -- curvature history -----------------------------------------------------------------------
-    def _remember(self, s: torch.Tensor, y: torch.Tensor, accept: torch.Tensor) -> None:
-        """Store each accepting trial's pair in its next slot and update the slot products."""
-        trials, size = s.shape
+    # -- curvature history and direction ---------------------------------------------------------
+    def _allocate(self, trials: int, size: int, like: torch.Tensor) -> None:
+        history = self.history_size
+        self.pairs = like.new_zeros((trials, 2, history, size))
+        self.sy = torch.zeros((trials, history, history), dtype=torch.float64, device=like.device)
+        self.yy = torch.zeros_like(self.sy)
+        self.position = torch.zeros(trials, dtype=torch.long, device=like.device)
+        self.filled = torch.zeros(trials, dtype=torch.long, device=like.device)
+
+    def _update_and_direct(self, grad: torch.Tensor, s: torch.Tensor, y: torch.Tensor,
+                           accept: torch.Tensor) -> torch.Tensor:
+        """Store each accepting trial's (s, y), then return -H g for every trial over its own history.
+
+        One pass over the history gives every product this needs (S'g, Y'g, Y's, S'y, Y'y, against
+        the pairs held before this one); a second pass forms the direction.
+        """
+        trials, size = grad.shape
         history = self.history_size
         if self.pairs is None:
-            self.pairs = s.new_zeros((trials, 2, history, size))
-            self.sy = torch.zeros((trials, history, history), dtype=torch.float64, device=s.device)
-            self.yy = torch.zeros_like(self.sy)
-            self.position = torch.zeros(trials, dtype=torch.long, device=s.device)
-            self.filled = torch.zeros(trials, dtype=torch.long, device=s.device)
-        assert self.sy is not None and self.yy is not None
-        assert self.position is not None and self.filled is not None
-        index = torch.arange(trials, device=s.device)
-        slot = self.position
-        new = torch.stack([s, y], dim=1)                                     # (T, 2, n)
-        self.pairs[index, :, slot] = torch.where(accept[:, None, None], new, self.pairs[index, :, slot])
-        # Row and column of the written slot: s.y_l, y.y_l and s_k.y, against the updated history.
-        against_y = torch.bmm(self.pairs[:, 1], new.transpose(1, 2)).double()  # (T, H, 2): y_l.s, y_l.y
-        s_dot_y = torch.bmm(self.pairs[:, 0], y[:, :, None])[:, :, 0].double()  # (T, H): s_k.y
-        rows = accept[:, None]
-        self.sy[index, slot] = torch.where(rows, against_y[:, :, 0], self.sy[index, slot])
-        self.sy[index, :, slot] = torch.where(rows, s_dot_y, self.sy[index, :, slot])
-        self.yy[index, slot] = torch.where(rows, against_y[:, :, 1], self.yy[index, slot])
-        self.yy[index, :, slot] = torch.where(rows, against_y[:, :, 1], self.yy[index, :, slot])
-        self.position = torch.where(accept, (slot + 1) % history, slot)
-        self.filled = torch.where(accept, (self.filled + 1).clamp(max=history), self.filled)
-
-    def _direction(self, grad: torch.Tensor) -> torch.Tensor:
-        """-H g for each trial's own history: the two-loop recursion's result, in compact form."""
+            self._allocate(trials, size, grad)
         assert self.pairs is not None and self.sy is not None and self.yy is not None
         assert self.position is not None and self.filled is not None and self.scale is not None
+        index = torch.arange(trials, device=grad.device)
+        flat_pairs = self.pairs.view(trials, 2 * history, size)
+        products = torch.bmm(flat_pairs, torch.stack([grad, s, y], dim=2)).double()  # (T, 2H, 3)
+        s_g, y_g = products[:, :history, 0], products[:, history:, 0]
+        y_s, s_y, y_y = products[:, history:, 1], products[:, :history, 2], products[:, history:, 2]
+        slot = self.position
+        new_sy, new_yy = (s * y).sum(1).double(), (y * y).sum(1).double()
+        rows = accept[:, None]
+        # Row and column of the written slot, against the pairs it joins; then its own entry.
+        self.sy[index, slot] = torch.where(rows, y_s, self.sy[index, slot])        # s . y_l
+        self.sy[index, :, slot] = torch.where(rows, s_y, self.sy[index, :, slot])  # s_k . y
+        self.yy[index, slot] = torch.where(rows, y_y, self.yy[index, slot])
+        self.yy[index, :, slot] = torch.where(rows, y_y, self.yy[index, :, slot])
+        self.sy[index, slot, slot] = torch.where(accept, new_sy, self.sy[index, slot, slot])
+        self.yy[index, slot, slot] = torch.where(accept, new_yy, self.yy[index, slot, slot])
+        s_g = s_g.clone()
+        y_g = y_g.clone()
+        s_g[index, slot] = torch.where(accept, (s * grad).sum(1).double(), s_g[index, slot])
+        y_g[index, slot] = torch.where(accept, (y * grad).sum(1).double(), y_g[index, slot])
+        self.pairs[index, :, slot] = torch.where(accept[:, None, None], torch.stack([s, y], dim=1),
+                                                 self.pairs[index, :, slot])
+        self.position = torch.where(accept, (slot + 1) % history, slot)
+        self.filled = torch.where(accept, (self.filled + 1).clamp(max=history), self.filled)
+        self.scale = torch.where(accept, (new_sy / new_yy.clamp_min(1e-30)).to(self.scale.dtype), self.scale)
+        return self._direction(grad, s_g, y_g, flat_pairs)
+
+    def _direction(self, grad: torch.Tensor, s_g: torch.Tensor, y_g: torch.Tensor,
+                   flat_pairs: torch.Tensor) -> torch.Tensor:
+        """-H g: torch's two-loop recursion over each trial's history, in compact form.
+
+        H g = scale g + S p - scale Y u, with u = R^-1 S'g and p = R^-T ((D + scale Y'Y) u - scale Y'g),
+        R the upper triangle of S'Y and D its diagonal, all in chronological order (oldest first).
+        """
+        assert self.sy is not None and self.yy is not None and self.scale is not None
+        assert self.position is not None and self.filled is not None
         trials, history = grad.shape[0], self.history_size
         depth = int(self.filled.max())
         index = torch.arange(trials, device=grad.device)
-        # Chronological order (oldest first) of each trial's slots; positions past its count are padding.
         order = torch.arange(depth, device=grad.device)
-        valid = order[None, :] >= (depth - self.filled)[:, None]                  # (T, M)
+        valid = order[None, :] >= (depth - self.filled)[:, None]                  # (T, M); padding first
         slots = (self.position[:, None] - depth + order[None, :]) % history       # (T, M)
         slots = torch.where(valid, slots, torch.zeros_like(slots))
-        flat_pairs = self.pairs.view(trials, 2 * history, -1)
-        by_slot = torch.bmm(flat_pairs, grad[:, :, None]).view(trials, 2, history).double()  # s.g, y.g
-        a = torch.where(valid, by_slot[:, 0].gather(1, slots), 0.0)
-        b = torch.where(valid, by_slot[:, 1].gather(1, slots), 0.0)
+        a = torch.where(valid, s_g.gather(1, slots), 0.0)
+        b = torch.where(valid, y_g.gather(1, slots), 0.0)
         pair = valid[:, :, None] & valid[:, None, :]
         sy = torch.where(pair, self.sy[index[:, None, None], slots[:, :, None], slots[:, None, :]], 0.0)
         yy = torch.where(pair, self.yy[index[:, None, None], slots[:, :, None], slots[:, None, :]], 0.0)
@@ -178,9 +200,9 @@ class LBFGS:
         scale = self.scale.double()
         u = torch.linalg.solve_triangular(upper, a[:, :, None], upper=True)
         rhs = (diagonal + scale[:, None, None] * yy) @ u - scale[:, None, None] * b[:, :, None]
-        p1 = torch.linalg.solve_triangular(upper.transpose(1, 2), rhs, upper=False)[:, :, 0]
+        p = torch.linalg.solve_triangular(upper.transpose(1, 2), rhs, upper=False)[:, :, 0]
         coefficients = torch.zeros((trials, 2, history), dtype=torch.float64, device=grad.device)
-        coefficients[:, 0].scatter_add_(1, slots, torch.where(valid, p1, 0.0))
+        coefficients[:, 0].scatter_add_(1, slots, torch.where(valid, p, 0.0))
         coefficients[:, 1].scatter_add_(1, slots, torch.where(valid, -scale[:, None] * u[:, :, 0], 0.0))
         combined = torch.bmm(coefficients.view(trials, 1, 2 * history).to(grad.dtype), flat_pairs)[:, 0]
         return -(scale[:, None].to(grad.dtype) * grad + combined)
@@ -214,11 +236,8 @@ class LBFGS:
             else:
                 y = grad - self.previous_grad
                 s = self.direction * self.step_size[:, None]
-                ys = (y * s).sum(1)
-                accept = active & (ys > 1e-10)
-                self._remember(s, y, accept)
-                self.scale = torch.where(accept, ys / (y * y).sum(1).clamp_min(1e-30), self.scale)
-                direction = self._direction(grad)
+                accept = active & ((y * s).sum(1) > 1e-10)
+                direction = self._update_and_direct(grad, s, y, accept)
             self.direction = torch.where(active[:, None], direction, self.direction)
             self.previous_grad = torch.where(active[:, None], grad, self.previous_grad)
             self.previous_loss = torch.where(active, loss, self.previous_loss)
