@@ -29,6 +29,7 @@ _EXPORTS: dict[str, str] = {
     # Flower
     "AuditedStrategy": "semsim_audit.strategies",
     "AuditedFedAvg": "semsim_audit.strategies",
+    "AuditedClientApp": "semsim_audit.strategies",
     "audit_mod": "semsim_audit.strategies",
     "record_batch": "semsim_audit.strategies",
     "make_client_app": "semsim_audit.strategies",
@@ -36,8 +37,8 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = [
-    "ATTACKS", "AttackConfig", "AuditConfig", "AuditedFedAvg", "AuditedStrategy", "DataSpec",
-    "Observation", "PrivacyReport", "RoundRecord", "SemSim", "audit_mod", "build_model",
+    "ATTACKS", "AttackConfig", "AuditConfig", "AuditedClientApp", "AuditedFedAvg", "AuditedStrategy",
+    "DataSpec", "Observation", "PrivacyReport", "RoundRecord", "SemSim", "audit_mod", "build_model",
     "load_dataset", "make_client_app", "record_batch", "run_attack", "run_attacks",
     "run_audited_simulation", "__version__",
 ]
@@ -51,6 +52,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     from semsim_audit.report import PrivacyReport, RoundRecord
     from semsim_audit.semsim import SemSim
     from semsim_audit.strategies import (
+        AuditedClientApp,
         AuditedFedAvg,
         AuditedStrategy,
         audit_mod,

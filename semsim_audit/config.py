@@ -6,19 +6,63 @@ rounds later inside an attack.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from semsim_audit.attacks import ATTACKS, AttackConfig
 from semsim_audit.core import select_device
 
-__all__ = ["AuditConfig", "ThreatModel", "ExecutorKind"]
+Key = TypeVar("Key", int, str)
+
+__all__ = ["AuditConfig", "ThreatModel", "ExecutorKind", "TrainingSource", "RUN_CONFIG_KEYS",
+           "CLIENT_RUN_CONFIG_KEYS"]
 
 ThreatModel = Literal["labels_recovered", "labels_known"]
 ExecutorKind = Literal["inline", "thread", "ray"]
+TrainingSource = Literal["observed", "declared"]
+
+# Flower run-config key -> AuditConfig field. `audit-*` keys are the audit's own; `local-epochs`,
+# `batch-size` and `lr` are the ordinary keys of a Flower app (Flower's PyTorch template sets
+# `local-epochs`), read so the attack knows the training the server's app asks for when its train
+# config does not say it.
+RUN_CONFIG_KEYS: dict[str, str] = {
+    "audit-attack": "attack",
+    "audit-iterations": "iterations",
+    "audit-restarts": "restarts",
+    "audit-every": "every",
+    "audit-clients": "clients",
+    "audit-seed": "seed",
+    "audit-threat-model": "threat_model",
+    "audit-training": "training",
+    "audit-executor": "executor",
+    "audit-out-dir": "out_dir",
+    "audit-save-images": "save_images",
+    "audit-semsim-checkpoint": "semsim_checkpoint",
+    "audit-device": "device",
+    "audit-timeout": "timeout",
+    "audit-scoring-timeout": "scoring_timeout",
+    "audit-accuracy-key": "accuracy_key",
+    "audit-loss-key": "loss_key",
+    "local-epochs": "local_epochs",
+    "local-steps": "local_steps",
+    "batch-size": "local_batch_size",
+    "lr": "lr",
+}
+# Read by audit_mod on the client, not by the server; listed so that from_run_config knows them.
+CLIENT_RUN_CONFIG_KEYS = ("audit-export-originals", "audit-max-images", "audit-max-pending")
+_ATTACK_KEYS = {"iterations", "restarts"}
 
 
 class AuditConfig(BaseModel):
@@ -51,6 +95,18 @@ class AuditConfig(BaseModel):
     loss_key: str = "loss"
     device: str = "auto"
     timeout: float = Field(3600.0, gt=0)
+    # Seconds a client may take to score its reconstructions (the scoring request's timeout).
+    scoring_timeout: float = Field(120.0, gt=0)
+    # Which local training the attack unrolls: "observed" (what the client's audit record says it
+    # ran; a different declaration is named in the audit's note) or "declared" (only what the
+    # server declared; a client that trained otherwise is skipped, naming the mismatch).
+    training: TrainingSource = "observed"
+    # The training the server's app asks for when its train config does not say it (Flower's
+    # template sends only `lr` and reads `local-epochs` from the run config on the client).
+    local_epochs: int | None = Field(None, ge=1)
+    local_steps: int | None = Field(None, ge=1)
+    local_batch_size: int | None = Field(None, ge=1)
+    lr: float | None = Field(None, gt=0)
 
     @field_validator("attack")
     @classmethod
@@ -98,20 +154,66 @@ class AuditConfig(BaseModel):
             raise ValueError("ray_address is only used with executor='ray'")
         return self
 
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any], **overrides: Any) -> AuditConfig:
+        """The audit configured by a Flower run config (``context.run_config``); ``overrides`` win.
+
+        Keys are kebab-case (:data:`RUN_CONFIG_KEYS`); keys of the run config that are not the
+        audit's are ignored, except an unknown ``audit-*`` key, which is refused (a typo would
+        otherwise silently audit with the default). ``audit-every`` and ``audit-clients`` take an
+        int or a comma-separated list ("1,3,5"). Raises ValueError naming the key.
+        """
+        fields: dict[str, Any] = {}
+        attack_settings: dict[str, Any] = {}
+        for key, value in run_config.items():
+            if key not in RUN_CONFIG_KEYS:
+                if key.startswith("audit-") and key not in CLIENT_RUN_CONFIG_KEYS:
+                    known = ", ".join(sorted([k for k in RUN_CONFIG_KEYS if k.startswith("audit-")]))
+                    raise ValueError(f"run config {key!r}: unknown audit key; known: {known}")
+                continue
+            field = RUN_CONFIG_KEYS[key]
+            if field in ("every", "clients"):
+                value = _int_or_list(key, value)
+            if field in _ATTACK_KEYS:
+                attack_settings[field] = value
+            else:
+                fields[field] = value
+        if attack_settings:
+            fields["attack_config"] = attack_settings
+        fields.update(overrides)
+        try:
+            return cls(**fields)
+        except ValidationError as error:
+            first = error.errors()[0]
+            location = [str(part) for part in first["loc"]] or [""]
+            field = location[-1] if location[0] == "attack_config" and len(location) > 1 else location[0]
+            message = str(first["msg"]).removeprefix("Value error, ")
+            keys = {v: k for k, v in RUN_CONFIG_KEYS.items()}
+            if not field:  # a rule across fields (save_images needs out_dir): name them by their keys
+                for name, key in keys.items():
+                    message = message.replace(name, repr(key)) if "_" in name else message
+                raise ValueError(f"run config: {message}") from None
+            name = keys.get(field)
+            where = f"run config {name!r}" if name and field not in overrides else f"AuditConfig.{field}"
+            raise ValueError(f"{where}: {message} (got {first.get('input')!r})") from None
+
     def audits_round(self, server_round: int) -> bool:
         """Whether ``server_round`` (1-based) is audited."""
         if isinstance(self.every, int):
             return (server_round - 1) % self.every == 0
         return server_round in self.every
 
-    def choose_clients(self, server_round: int, node_ids: list[int]) -> list[int]:
-        """The sampled nodes audited in ``server_round``: the named ones, or ``clients`` of them (seeded)."""
+    def choose_clients(self, server_round: int, candidates: Sequence[Key]) -> list[Key]:
+        """Who is audited in ``server_round``: with ``clients`` a list, the named node ids among the
+        candidates; with an int, that many of them, drawn with this config's seed from the sorted
+        candidates. Pass stable keys (what each client reports) and the same seed picks the same
+        clients in every run, whatever node ids the run got."""
         if isinstance(self.clients, list):
             wanted = set(self.clients)
-            return [node for node in node_ids if node in wanted]
+            return [c for c in candidates if c in wanted]
         rng = np.random.default_rng([self.seed, server_round])
-        count = min(self.clients, len(node_ids))
-        ordered = sorted(node_ids)
+        ordered = sorted(candidates)
+        count = min(self.clients, len(ordered))
         # Choose positions, not ids: node ids are 64-bit unsigned and do not survive numpy arrays.
         return sorted(ordered[int(i)] for i in rng.choice(len(ordered), size=count, replace=False))
 
@@ -120,3 +222,20 @@ class AuditConfig(BaseModel):
         inherited = {"seed": self.seed, "device": self.device}
         return self.attack_config.model_copy(
             update={k: v for k, v in inherited.items() if k not in self.attack_config.model_fields_set})
+
+
+def _int_or_list(key: str, value: Any) -> int | list[int]:
+    """A run config holds scalars only: a list of rounds or node ids comes as "1,3,5"."""
+    if isinstance(value, bool):
+        raise ValueError(f"run config {key!r}: expected an int or a comma-separated list of ints, "
+                         f"got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        try:
+            parts = [int(part) for part in value.replace(" ", "").split(",") if part]
+        except ValueError:
+            parts = []
+        if parts:
+            return parts[0] if "," not in value else parts
+    raise ValueError(f"run config {key!r}: expected an int or a comma-separated list of ints, got {value!r}")

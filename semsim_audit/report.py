@@ -9,6 +9,7 @@ truncated last line.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from collections.abc import Iterable
@@ -21,11 +22,13 @@ from pydantic import BaseModel, ConfigDict, Field
 __all__ = [
     "ReconstructionScore", "ClientAudit", "RoundRecord", "PrivacyReport", "ReportSink",
     "SinkFanout", "JsonlSink", "LogSink", "read_jsonl", "REPORT_VERSION", "mean", "leakage_rate",
-    "pooled_scores", "format_value",
+    "pooled_scores", "format_value", "format_interval", "wilson_interval",
 ]
 
 REPORT_VERSION = 1
 AuditStatus = Literal["ok", "failed", "skipped"]
+
+_log = logging.getLogger("semsim_audit")
 
 
 def _utc_now() -> str:
@@ -38,9 +41,31 @@ def mean(values: Iterable[float | None]) -> float | None:
     return sum(finite) / len(finite) if finite else None
 
 
+def wilson_interval(successes: int, total: int, z: float = 1.96) -> tuple[float, float] | None:
+    """Wilson score interval of a proportion (95% at z=1.96); None when nothing was counted.
+
+    Unlike the normal approximation it stays inside [0, 1] and is not empty at 0 or 1 successes,
+    which is what a round of a handful of reconstructions usually gives.
+    """
+    if total <= 0:
+        return None
+    if not 0 <= successes <= total:
+        raise ValueError(f"successes must lie in [0, {total}], got {successes}")
+    rate = successes / total
+    denominator = 1.0 + z * z / total
+    centre = (rate + z * z / (2 * total)) / denominator
+    half = z * math.sqrt(rate * (1.0 - rate) / total + z * z / (4 * total * total)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def format_value(value: float | None, spec: str, unit: str = "") -> str:
     """``value`` in the format ``spec`` followed by ``unit``, or "n/a" when it is unknown."""
     return "n/a" if value is None else f"{value:{spec}}{unit}"
+
+
+def format_interval(low: float | None, high: float | None, spec: str, unit: str = "") -> str:
+    """``[low, high]`` in the format ``spec``, or "n/a" when either end is unknown."""
+    return "n/a" if low is None or high is None else f"[{low:{spec}}, {high:{spec}}]{unit}"
 
 
 class ReconstructionScore(BaseModel):
@@ -57,6 +82,10 @@ class ReconstructionScore(BaseModel):
     true_label: int | None = None
     recovered_label: int | None = None
     identified: bool | None = None
+    # Distance inside the checkpoint's borderline band around the threshold (None: the checkpoint has none).
+    borderline: bool | None = None
+    # Which of the attack's reconstructions was matched to this original (matching is order-free).
+    reconstruction_index: int | None = None
     original_image: str | None = None
     reconstruction_image: str | None = None
 
@@ -70,6 +99,12 @@ class ClientAudit(BaseModel):
     attack: str
     status: AuditStatus
     reason: str | None = None
+    # Something worth knowing about an audit that still ran (e.g. the client trained otherwise
+    # than the server declared, and the observed training was attacked).
+    note: str | None = None
+    # Where the originals met the reconstructions: "client" (the default; the originals stay
+    # there) or "server" (outside Flower, e.g. `semsim-audit attack`).
+    scored_on: Literal["client", "server"] | None = None
     seconds: float = 0.0
     num_images: int = 0
     local_steps: int | None = None
@@ -108,6 +143,11 @@ class RoundRecord(BaseModel):
     loss: float | None = None
     clients: list[ClientAudit] = Field(default_factory=list)
     leakage_rate: float | None = None
+    # 95% Wilson interval of the leakage rate over the round's judged reconstructions.
+    leakage_low: float | None = None
+    leakage_high: float | None = None
+    # Judged reconstructions whose SemSim distance is within the checkpoint's borderline band.
+    borderline: int | None = None
     mean_semsim: float | None = None
     mean_psnr: float | None = None
     mean_ssim: float | None = None
@@ -115,12 +155,20 @@ class RoundRecord(BaseModel):
     attack_seconds: float = 0.0
     worst_client: int | None = None
     status: Literal["ok", "partial", "failed", "not audited"] = "not audited"
+    # Failures of the audit machinery in this round (a report sink, the executor): logged and
+    # kept here; the federated run went on.
+    errors: list[str] = Field(default_factory=list)
     finished_at: str = Field(default_factory=_utc_now)
 
     def summarise(self) -> RoundRecord:
         """Fill the round aggregates from the client audits (returns self)."""
         scores = pooled_scores(self.clients)
         self.leakage_rate = leakage_rate(scores)
+        judged = [s for s in scores if s.recognizable is not None]
+        interval = wilson_interval(sum(bool(s.recognizable) for s in judged), len(judged))
+        self.leakage_low, self.leakage_high = interval if interval is not None else (None, None)
+        flags = [s.borderline for s in judged if s.borderline is not None]
+        self.borderline = sum(flags) if flags else None
         self.mean_semsim = mean(s.semsim for s in scores)
         self.mean_psnr = mean(s.psnr for s in scores)
         self.mean_ssim = mean(s.ssim for s in scores)
@@ -150,6 +198,8 @@ class PrivacyReport(BaseModel):
     semsim: dict[str, Any] = Field(default_factory=dict)
     config: dict[str, Any] = Field(default_factory=dict)
     rounds: list[RoundRecord] = Field(default_factory=list)
+    # Failures outside any round (a sink that could not start or close); the run went on.
+    errors: list[str] = Field(default_factory=list)
 
     @property
     def checkpoint_kind(self) -> str:
@@ -182,22 +232,42 @@ class ReportSink(Protocol):
 
 
 class SinkFanout:
-    """Several sinks behind one: each event goes to every sink, in the order given."""
+    """Several sinks behind one: each event goes to every sink, in the order given.
+
+    A sink that raises (a logger that lost its connection, a full disk) never stops the run or
+    the sinks after it: the failure is logged and kept on the round (``RoundRecord.errors``) or,
+    for start and close, on the report (``PrivacyReport.errors``).
+    """
 
     def __init__(self, sinks: Iterable[ReportSink] = ()) -> None:
         self.sinks = list(sinks)
 
+    @staticmethod
+    def _failed(sink: ReportSink, event: str, error: Exception) -> str:
+        message = f"report sink {type(sink).__name__} failed in {event}: {type(error).__name__}: {error}"
+        _log.warning("%s (the run goes on)", message)
+        return message
+
     def start(self, report: PrivacyReport) -> None:
         for sink in self.sinks:
-            sink.start(report)
+            try:
+                sink.start(report)
+            except Exception as error:
+                report.errors.append(self._failed(sink, "start", error))
 
     def write_round(self, record: RoundRecord) -> None:
         for sink in self.sinks:
-            sink.write_round(record)
+            try:
+                sink.write_round(record)
+            except Exception as error:
+                record.errors.append(self._failed(sink, f"round {record.round}", error))
 
     def close(self, report: PrivacyReport) -> None:
         for sink in self.sinks:
-            sink.close(report)
+            try:
+                sink.close(report)
+            except Exception as error:
+                report.errors.append(self._failed(sink, "close", error))
 
 
 class JsonlSink:
@@ -240,6 +310,8 @@ class LogSink:
         self._write(
             f"[audit] round {record.round}: accuracy={format_value(record.accuracy, '.4f')} "
             f"clients={len(record.clients)} leakage={format_value(record.leakage_rate, '.2f')} "
+            f"leakage_95ci={format_interval(record.leakage_low, record.leakage_high, '.2f')} "
+            f"borderline={format_value(record.borderline, 'd')} "
             f"semsim={format_value(record.mean_semsim, '.3f')} psnr={format_value(record.mean_psnr, '.2f')} "
             f"ssim={format_value(record.mean_ssim, '.3f')} attack_s={record.attack_seconds:.1f} "
             f"status={record.status}"

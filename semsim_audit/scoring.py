@@ -4,12 +4,18 @@ Reconstructions come in unknown order, so they are first matched to originals (H
 assignment on SemSim distance, :func:`semsim_audit.metrics.match`); each matched pair is then
 scored with SemSim (distance, recognizable), PSNR, SSIM, LPIPS when available, whether the
 original is identifiable from the reconstruction, and the pair's labels.
+
+In a Flower run this happens on the client that owns the originals; the server sends its SemSim
+checkpoint along when it is not the one shipped in the package (:func:`judge_checkpoint`,
+:func:`load_judge`), so both sides judge with the same network and threshold.
 """
 
 from __future__ import annotations
 
 import math
+import tempfile
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +24,10 @@ import torch
 from semsim_audit import metrics
 from semsim_audit.core import save_png
 from semsim_audit.report import ClientAudit, ReconstructionScore
+from semsim_audit.semsim import DEFAULT_CHECKPOINT, SemSim, save_checkpoint
 
-__all__ = ["score_reconstructions", "label_accuracy", "score_client", "pair_image_paths"]
+__all__ = ["score_reconstructions", "label_accuracy", "score_client", "pair_image_paths",
+           "save_pair_images", "judge_checkpoint", "load_judge"]
 
 
 def _finite_or_none(value: float) -> float | None:
@@ -41,6 +49,24 @@ def pair_image_paths(server_round: int, node_id: int, index: int) -> tuple[str, 
     """Paths (relative to the run folder) of a matched pair's PNGs: (original, reconstruction)."""
     folder = f"images/round-{server_round}/client-{node_id}"
     return f"{folder}/original-{index}.png", f"{folder}/reconstruction-{index}.png"
+
+
+def save_pair_images(run_dir: str | Path, server_round: int, node_id: int,
+                     scores: Sequence[ReconstructionScore], reconstructions: torch.Tensor,
+                     originals: torch.Tensor | None = None) -> None:
+    """Save each scored pair's reconstruction (and original, when given) as PNGs; record the paths.
+
+    ``reconstructions`` are the attack's, indexed by ``score.reconstruction_index``; ``originals``,
+    when the client exported them, are in the order of ``scores``.
+    """
+    for k, score in enumerate(scores):
+        original_path, reconstruction_path = pair_image_paths(server_round, node_id, k)
+        if score.reconstruction_index is not None:
+            save_png(reconstructions[score.reconstruction_index], Path(run_dir) / reconstruction_path)
+            score.reconstruction_image = reconstruction_path
+        if originals is not None:
+            save_png(originals[k], Path(run_dir) / original_path)
+            score.original_image = original_path
 
 
 def score_reconstructions(reconstructions: torch.Tensor, originals: torch.Tensor, *,
@@ -66,6 +92,8 @@ def score_reconstructions(reconstructions: torch.Tensor, originals: torch.Tensor
     paired_originals, paired_recons = originals[rows], reconstructions[cols]
     distance = matching.distance
     recognizable = distance <= semsim.threshold
+    # Judges without a calibrated band (older checkpoints, stand-ins) leave the flag unknown.
+    borderline = semsim.borderline(distance) if hasattr(semsim, "borderline") else None
     psnr = metrics.psnr(paired_originals, paired_recons)
     ssim = metrics.ssim(paired_originals, paired_recons)
     lpips = metrics.lpips(paired_originals, paired_recons)
@@ -77,6 +105,7 @@ def score_reconstructions(reconstructions: torch.Tensor, originals: torch.Tensor
             original_index=row,
             semsim=_finite_or_none(float(distance[k])),
             recognizable=bool(recognizable[k]),
+            borderline=None if borderline is None else bool(borderline[k]),
             psnr=_finite_or_none(float(psnr[k])),
             ssim=_finite_or_none(float(ssim[k])),
             lpips=None if lpips is None else _finite_or_none(float(lpips[k])),
@@ -84,13 +113,11 @@ def score_reconstructions(reconstructions: torch.Tensor, originals: torch.Tensor
             recovered_label=(None if recovered_labels is None or col >= recovered_labels.numel()
                              else int(recovered_labels[col])),
             identified=bool(identified[k]),
+            reconstruction_index=col,
         )
-        if run_dir is not None:
-            original_path, reconstruction_path = pair_image_paths(server_round, node_id, k)
-            save_png(paired_originals[k], Path(run_dir) / original_path)
-            save_png(paired_recons[k], Path(run_dir) / reconstruction_path)
-            score.original_image, score.reconstruction_image = original_path, reconstruction_path
         scores.append(score)
+    if run_dir is not None:
+        save_pair_images(run_dir, server_round, node_id, scores, reconstructions, paired_originals)
     return scores
 
 
@@ -118,4 +145,51 @@ def score_client(*, node_id: int, attack: str, result: Any, originals: torch.Ten
     if true_labels is not None and getattr(result, "labels", None) is not None:
         accuracy = label_accuracy(true_labels, result.labels)
     return ClientAudit(status="ok", attack_loss=attack_loss, label_accuracy=accuracy, scores=scores,
-                       **common)
+                       scored_on="server", **common)
+
+
+def judge_checkpoint(semsim: SemSim) -> tuple[str, bytes | None]:
+    """(sha256 of the weights, checkpoint file bytes) of the judge the server scores with.
+
+    The bytes are None for the checkpoint shipped in the package: every client has it. Any other
+    judge (a trained checkpoint, a network built in memory) travels as a safetensors file.
+    """
+    if not isinstance(semsim, SemSim):
+        raise ValueError(f"semsim must be a semsim_audit.SemSim, got {type(semsim).__name__}")
+    path = semsim.path
+    if path is not None and path.is_file() and semsim.metadata.sha256:
+        if path.resolve() == DEFAULT_CHECKPOINT.resolve():
+            return semsim.metadata.sha256, None
+        return semsim.metadata.sha256, path.read_bytes()
+    with tempfile.TemporaryDirectory() as folder:
+        file = Path(folder) / "judge.safetensors"
+        meta = semsim.metadata
+        saved = save_checkpoint(file, semsim.model.cpu(), threshold=meta.threshold, annotator=meta.annotator,
+                                data=meta.data, training=meta.training, calibration=meta.calibration,
+                                borderline_band=meta.borderline_band)
+        semsim.model.to(semsim.device)
+        return saved.sha256, file.read_bytes()
+
+
+def load_judge(sha256: str, checkpoint: bytes | None, device: str = "auto") -> SemSim:
+    """The judge named by ``sha256``: from ``checkpoint`` bytes, or the one shipped in the package.
+
+    Loading never unpickles (safetensors) and checks the weights against their recorded sha256.
+    Raises ValueError when the judge is neither sent nor the shipped one.
+    """
+    if checkpoint is None:
+        shipped = SemSim.load(device=device)
+        if shipped.metadata.sha256 != sha256:
+            raise ValueError(f"the server's SemSim checkpoint (sha256 {sha256[:12]}) was not sent and is not "
+                             "the one shipped in the package: client and server run different semsim-audit "
+                             "versions")
+        return shipped
+    with tempfile.TemporaryDirectory() as folder:
+        file = Path(folder) / "judge.safetensors"
+        file.write_bytes(checkpoint)
+        judge = SemSim.load(file, device=device)
+    if judge.metadata.sha256 != sha256:
+        raise ValueError(f"the SemSim checkpoint sent has sha256 {judge.metadata.sha256[:12]}, "
+                         f"the request names {sha256[:12]}")
+    judge.path = None  # the temporary file is gone
+    return judge

@@ -1,10 +1,14 @@
-"""A ready-made ClientApp for plain supervised training, with audit support built in.
+"""Audited ClientApps: :class:`AuditedClientApp`, and a ready-made one for supervised training.
 
-The train handler reads the server's train config (``lr``, ``local-steps``, ``batch-size``,
-``momentum``, ``weight-decay``: the keys ``AuditedStrategy`` describes to the attack), runs that
-many SGD steps on the client's partition, and calls :func:`record_batch` on every batch. The
-evaluate handler reports ``loss`` and ``accuracy`` on the client's evaluation split (its
-training data when none is given).
+``AuditedClientApp`` is Flower's ``ClientApp`` with the audit built in: ``audit_mod`` first in its
+mods, and the scoring handler registered, so the server's reconstructions are scored on this
+client as soon as they are ready (see :mod:`semsim_audit.strategies.protocol`).
+
+:func:`make_client_app`'s train handler reads the server's train config (``lr``, ``local-steps``,
+``batch-size``, ``momentum``, ``weight-decay``: the keys ``AuditedStrategy`` describes to the
+attack), runs that many SGD steps on the client's partition, and calls :func:`record_batch` on
+every batch. Its evaluate handler reports ``loss`` and ``accuracy`` on the client's evaluation
+split (its training data when none is given).
 """
 
 from __future__ import annotations
@@ -14,14 +18,46 @@ from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.client import ClientFnExt
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from semsim_audit.strategies.mods import audit_mod, record_batch
+from semsim_audit.strategies.mods import audit_mod, record_batch, scoring_handler
+from semsim_audit.strategies.protocol import SCORING_ACTION
 
-__all__ = ["make_client_app", "train_locally", "evaluate_model"]
+__all__ = ["AuditedClientApp", "make_client_app", "train_locally", "evaluate_model"]
+
+
+def _not_reached(msg: Message, context: Context) -> Message:
+    raise RuntimeError("a scoring request reached the ClientApp's handler: audit_mod is not among its mods")
+
+
+class AuditedClientApp(ClientApp):
+    """Flower's ``ClientApp`` with the privacy audit: use it in place of ``ClientApp``.
+
+    ``audit_mod`` is added as the first (outermost) mod unless ``mods`` already place it; the
+    ``query.semsim_audit`` message type is registered so that Flower, which routes by registered
+    type before any mod runs, hands the server's scoring requests to ``audit_mod``. Register
+    ``@app.train()`` and ``@app.evaluate()`` as usual and call :func:`record_batch` in the train loop.
+    """
+
+    def __init__(self, client_fn: ClientFnExt | None = None, mods: list[Mod] | None = None) -> None:
+        mods = list(mods or [])
+        if audit_mod not in mods:
+            mods.insert(0, audit_mod)
+        super().__init__(client_fn, mods)
+        if client_fn is None:  # a client_fn app sends every message through its mods already
+            self.query(SCORING_ACTION)(_not_reached)
+
+    def __call__(self, message: Message, context: Context) -> Message:
+        """Handle a message; audit_mod tells the server that this app answers scoring queries."""
+        token = scoring_handler.set(True)
+        try:
+            return super().__call__(message=message, context=context)
+        finally:
+            scoring_handler.reset(token)
 
 Partition = Dataset | tuple[Dataset, Dataset | None]
 
@@ -83,10 +119,13 @@ def make_client_app(model_fn: Callable[[], nn.Module], load_partition: Callable[
                     mods: Sequence[Mod] = (), audit: bool = True, device: str = "cpu") -> ClientApp:
     """A ClientApp training ``model_fn()`` on ``load_partition(context)`` (a dataset, or (train, eval)).
 
-    ``mods`` (e.g. defenses) run inside ``audit_mod``, which is added first (outermost) unless
-    ``audit=False``; see :mod:`semsim_audit.strategies.mods` for why.
+    With ``audit`` (the default) it is an :class:`AuditedClientApp`: ``mods`` (e.g. defenses) run
+    inside ``audit_mod``, which is added first (outermost; see :mod:`semsim_audit.strategies.mods`
+    for why) unless ``mods`` place it themselves. ``audit=False`` with no ``audit_mod`` in ``mods``
+    builds a plain ``ClientApp``.
     """
-    app = ClientApp(mods=[audit_mod, *mods] if audit else list(mods))
+    audited = audit or audit_mod in mods
+    app = AuditedClientApp(mods=list(mods)) if audited else ClientApp(mods=list(mods))
 
     def load_model(msg: Message) -> tuple[nn.Module, str]:
         record_key, arrays = next(iter(msg.content.array_records.items()))

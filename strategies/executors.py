@@ -1,11 +1,11 @@
 """Where attacks run: inline (blocking), a background thread, or Ray tasks — one interface.
 
-An executor receives one round's audit jobs at a time. It hands the jobs' observations (and
-nothing else: originals stay on the scoring side) to ``semsim_audit.attacks.run_attacks``, one call per
-group of jobs that can share a batched optimisation, then gives each result to the scoring
-callback. A batch that raises is retried job by job, so one bad job fails alone; a job that
-raises or runs out of memory comes back as a failed audit with the reason. The result is a
-``concurrent.futures.Future`` of the round's ``ClientAudit`` list.
+An executor receives one round's audit jobs at a time. It hands the jobs' observations (the
+shared payload; the originals never leave the clients) to ``semsim_audit.attacks.run_attacks``, one
+call per group of jobs that can share a batched optimisation, then gives each result to the
+callback that sends it to its client for scoring. A batch that raises is retried job by job, so
+one bad job fails alone; a job that raises or runs out of memory comes back as a failed audit
+with the reason. The result is a ``concurrent.futures.Future`` of the round's ``ClientAudit`` list.
 """
 
 from __future__ import annotations
@@ -33,15 +33,16 @@ AttackFn = Callable[[str, list[Any], Any], list[Any]]
 
 @dataclass
 class AuditJob:
-    """One client's update to attack: the observation (attack side) and the originals (scoring side)."""
+    """One client's update to attack, and what the report says about it."""
 
     server_round: int
     node_id: int
     observation: Observation  # the shared payload only
-    originals: torch.Tensor  # (N, C, H, W) in [0, 1]; never passed to the attack
-    true_labels: torch.Tensor
-    local_steps: int | None = None
+    num_images: int  # distinct images the client trained on
+    local_steps: int | None = None  # the training attacked
     batch_size: int | None = None
+    scoring_handler: bool = False  # the client answers query.semsim_audit messages
+    note: str | None = None
 
 
 def group_jobs(jobs: Sequence[AuditJob], batch: bool = True) -> list[list[int]]:
@@ -52,8 +53,8 @@ def group_jobs(jobs: Sequence[AuditJob], batch: bool = True) -> list[list[int]]:
 
 
 def _failed(job: AuditJob, attack: str, reason: str, seconds: float = 0.0) -> ClientAudit:
-    return ClientAudit(node_id=job.node_id, attack=attack, status="failed", reason=reason,
-                       seconds=seconds, num_images=int(job.originals.shape[0]),
+    return ClientAudit(node_id=job.node_id, attack=attack, status="failed", reason=reason, note=job.note,
+                       seconds=seconds, num_images=job.num_images,
                        local_steps=job.local_steps, batch_size=job.batch_size)
 
 

@@ -2,18 +2,22 @@
 
 :func:`take_audit_records` strips the ``audit.*`` records off every reply before the inner strategy
 sees them; :func:`audit_job` turns one audited client's reply into an :class:`AuditJob` (the
-observation the attack gets, built from the global arrays, the client's arrays and the train
-config the server sent; never from originals) or returns the reason the audit is skipped.
+observation the attack gets, built from the global arrays, the client's arrays and the training
+attacked; never from originals, which stay on the client) or returns the reason the audit is
+skipped.
 
-Train-config keys read to describe local training to the attack (the public hyper-parameters of
-the threat model): ``lr`` (required), ``local-steps``, ``batch-size``, ``momentum``,
-``weight-decay``; missing ones default to 1 step, batch size 1, no momentum, no weight decay.
+The training attacked (:func:`attacked_training`): the client's record says what it ran (its local
+step count and batch size, as ``record_batch`` saw them); the server declares what it asked for,
+from its train config (``local-steps``, ``batch-size``) or, when that does not say, from the run
+config (``AuditConfig.local_steps``, or ``local_epochs`` x ceil(num-examples / ``local_batch_size``)).
+``lr`` comes from the train config (or ``AuditConfig.lr``); ``momentum`` and ``weight-decay`` from
+the train config, default 0.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -21,27 +25,36 @@ from flwr.app import Message
 from torch import nn
 
 from semsim_audit.attacks import Observation
+from semsim_audit.config import AuditConfig
 from semsim_audit.core import DataSpec
 from semsim_audit.strategies.executors import AuditJob
-from semsim_audit.strategies.mods import RECORD_KEY, decode_record
+from semsim_audit.strategies.protocol import RECORD_KEY, AuditRecord, decode_record
 from semsim_audit.strategies.rounds import Sent
 
-__all__ = ["AUDIT_PREFIX", "take_audit_records", "audit_job", "client_state"]
+__all__ = ["AUDIT_PREFIX", "take_audit_records", "audit_job", "attacked_training", "client_state",
+           "stable_key"]
 
 AUDIT_PREFIX = "audit."
 
 
-def take_audit_records(replies: Iterable[Message]) -> dict[int, Any]:
-    """Remove every ``audit.*`` record from the replies; return each node's ``audit.record``."""
-    records: dict[int, Any] = {}
+def take_audit_records(replies: Iterable[Message]) -> dict[int, dict[str, Any]]:
+    """Remove every ``audit.*`` record from the replies; return them by node, then by key."""
+    records: dict[int, dict[str, Any]] = {}
     for reply in replies:
         if not reply.has_content():
             continue
         for key in [k for k in reply.content.keys() if k.startswith(AUDIT_PREFIX)]:
-            taken = reply.content.pop(key)
-            if key == RECORD_KEY:
-                records[reply.metadata.src_node_id] = taken
+            records.setdefault(reply.metadata.src_node_id, {})[key] = reply.content.pop(key)
     return records
+
+
+def stable_key(node_records: dict[str, Any], node: int) -> str:
+    """The key a client reports in its audit record (its partition id in a simulation), else its node id."""
+    try:
+        key = decode_record(node_records[RECORD_KEY]).key
+    except (KeyError, ValueError):
+        key = ""
+    return key or f"node-{node}"
 
 
 def client_state(reply: Message, expected: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | str:
@@ -74,50 +87,101 @@ def _num_examples(reply: Message, key: str) -> int | None:
     return None
 
 
-def audit_job(server_round: int, node: int, sent: Sent, reply: Message | None, raw_record: Any, *,
-              model_fn: Callable[[], nn.Module], data_spec: DataSpec, labels_known: bool,
+def _declared_int(config: Mapping[str, Any], key: str) -> int | None:
+    value = config.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 1:
+        return None
+    return int(value)
+
+
+def attacked_training(record: AuditRecord, config: Mapping[str, Any], audit: AuditConfig,
+                      num_examples: int | None) -> tuple[int, int, str | None] | str:
+    """(local steps, batch size, note) of the training to attack, or the reason not to attack.
+
+    ``config`` is the train config the server sent, ``num_examples`` the client's reported count.
+    """
+    if record.local_steps < 1:
+        return record.note or "the train loop called record_batch on no batch"
+    batch, batch_from = _declared_int(config, "batch-size"), "train config 'batch-size'"
+    if batch is None and audit.local_batch_size is not None:
+        batch, batch_from = audit.local_batch_size, "run config 'batch-size'"
+    steps, steps_from = _declared_int(config, "local-steps"), "train config 'local-steps'"
+    if steps is None and audit.local_steps is not None:
+        steps, steps_from = audit.local_steps, "run config 'local-steps'"
+    if steps is None and audit.local_epochs is not None and batch is not None and num_examples is not None:
+        steps = audit.local_epochs * math.ceil(num_examples / batch)
+        steps_from = (f"run config 'local-epochs' {audit.local_epochs} x ceil({num_examples} examples / "
+                      f"batch size {batch})")
+    mismatches = [f"{what}: declared {declared} ({source}), observed {observed}"
+                  for what, declared, source, observed in (
+                      ("local steps", steps, steps_from, record.local_steps),
+                      ("batch size", batch, batch_from, record.batch_size))
+                  if declared is not None and declared != observed]
+    undeclared = [what for what, declared in (("local steps", steps), ("batch size", batch))
+                  if declared is None]
+    if audit.training == "declared":
+        if undeclared:
+            return (f"audit training='declared' but the server declares no {' and no '.join(undeclared)}: "
+                    "set 'local-steps' and 'batch-size' in the train config, or 'local-epochs' and "
+                    "'batch-size' in the run config")
+        if mismatches:
+            return f"the client trained otherwise than declared ({'; '.join(mismatches)}); not attacked"
+        return steps, batch, None  # type: ignore[return-value]
+    note = None
+    if mismatches:
+        note = f"attacked the training the client recorded, not the declared one ({'; '.join(mismatches)})"
+    elif undeclared:
+        note = (f"the server declares no {' and no '.join(undeclared)}; attacked what the client recorded "
+                f"({record.local_steps} steps of batch {record.batch_size})")
+    return record.local_steps, record.batch_size, note
+
+
+def audit_job(server_round: int, node: int, sent: Sent, reply: Message | None, records: Mapping[str, Any], *,
+              model_fn: Callable[[], nn.Module], data_spec: DataSpec, audit: AuditConfig,
               examples_key: str = "num-examples") -> AuditJob | str:
     """The audit job of one audited client's reply, or the reason it cannot be audited."""
     if reply is None:
         return "no reply from the client this round"
     if reply.has_error():
         return f"the client replied with an error: {reply.error.reason}"
+    raw_record = records.get(RECORD_KEY)
     if raw_record is None:
-        return f"the reply has no {RECORD_KEY!r} (is audit_mod in the ClientApp's mods?)"
+        return (f"the reply has no {RECORD_KEY!r}: the ClientApp needs audit_mod (build it with "
+                "semsim_audit.strategies.AuditedClientApp, or add audit_mod first in its mods)")
     try:
         record = decode_record(raw_record)
     except ValueError as error:
         return f"malformed audit record: {error}"
-    if record.images is None or record.labels is None:
-        return record.note
-    if tuple(record.images.shape[1:]) != data_spec.shape:
-        return (f"the client's images have shape {tuple(record.images.shape[1:])}, "
-                f"data_spec.shape is {data_spec.shape}")
+    if record.kept_images < 1:
+        return record.note or "the client kept no images to score against"
     state = client_state(reply, model_fn().state_dict())
     if isinstance(state, str):
         return state
     config = sent.config
-    if "lr" not in config:
-        return "the train config sent has no 'lr': the attack cannot undo local training"
-    local_steps = int(config.get("local-steps", 1))
-    batch_size = int(config.get("batch-size", 1))
-    num_samples = local_steps * batch_size
-    num_examples = _num_examples(reply, examples_key)
-    if num_examples is not None:
-        num_samples = max(1, min(num_samples, num_examples))
+    lr = config.get("lr", audit.lr)
+    if not isinstance(lr, int | float) or isinstance(lr, bool):
+        return ("the train config sent has no 'lr' (nor does the run config): the attack cannot undo "
+                "local training")
+    training = attacked_training(record, config, audit, _num_examples(reply, examples_key))
+    if isinstance(training, str):
+        return training
+    local_steps, batch_size, note = training
+    num_samples = record.distinct_images
     labels = None
-    if labels_known:
+    if audit.threat_model == "labels_known":
+        if record.labels is None:
+            return "threat model labels_known, but the client sent no labels"
         labels = record.labels
-        num_samples = int(record.labels.shape[0])
+    if record.note:
+        note = f"{note}; {record.note}" if note else record.note
     try:
         observation = Observation.from_update(
-            model_fn(), sent.arrays.to_torch_state_dict(), state, data_spec, lr=float(config["lr"]),
+            model_fn(), sent.arrays.to_torch_state_dict(), state, data_spec, lr=float(lr),
             local_steps=local_steps, batch_size=batch_size, num_samples=num_samples,
             momentum=float(config.get("momentum", 0.0)),
             weight_decay=float(config.get("weight-decay", 0.0)), labels=labels)
     except ValueError as error:
         return f"malformed update: {error}"
-    originals = data_spec.denormalize(record.images).clamp(0.0, 1.0)
-    return AuditJob(server_round=server_round, node_id=node, observation=observation,
-                    originals=originals, true_labels=record.labels,
-                    local_steps=record.local_steps, batch_size=record.batch_size)
+    return AuditJob(server_round=server_round, node_id=node, observation=observation, num_images=num_samples,
+                    local_steps=local_steps, batch_size=batch_size, scoring_handler=record.scoring_handler,
+                    note=note)

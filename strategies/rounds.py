@@ -1,8 +1,10 @@
 """Round bookkeeping of an audit: what was sent to whom, which audits still run, which rounds are done.
 
-A round is finished when it has been evaluated (the next round started, or the run ended) and its
-audits have come back. Finished rounds leave in round order, each exactly once, through the
-``on_finished`` callback; audits finish on executor threads, so every method takes the lock.
+A round is finished when it has been evaluated (its central evaluation ran, the next round
+started, or the run ended), its attacks have come back and its reconstructions have been scored on
+the clients (``waiting`` says whether any is still out). Finished rounds leave in round order,
+each exactly once, through the ``on_finished`` callback; attacks finish on executor threads, so
+every method takes the lock.
 """
 
 from __future__ import annotations
@@ -36,14 +38,15 @@ class RoundState:
     sent: dict[int, Sent] = field(default_factory=dict)
     audits: list[ClientAudit] = field(default_factory=list)  # decided before any attack ran (skipped)
     future: Future[list[ClientAudit]] | None = None
+    errors: list[str] = field(default_factory=list)  # the audit machinery's failures this round
     accuracy: float | None = None
     loss: float | None = None
     central: bool = False  # accuracy/loss came from evaluate_fn: it wins over the clients'
     evaluated: bool = False
 
     @property
-    def ready(self) -> bool:
-        return self.evaluated and (self.future is None or self.future.done())
+    def attacked(self) -> bool:
+        return self.future is None or self.future.done()
 
     def record(self, attack: str, timeout_reason: str | None = None) -> RoundRecord:
         """The round as a report record; audits still running or lost fail with the reason."""
@@ -58,18 +61,23 @@ class RoundState:
                                for node in self.sent if node not in skipped)
         clients.sort(key=lambda c: c.node_id)
         return RoundRecord(round=self.server_round, accuracy=self.accuracy, loss=self.loss,
-                           clients=clients).summarise()
+                           clients=clients, errors=list(self.errors)).summarise()
 
 
 class RoundBook:
     """The rounds in flight of one audited run; finished ones go to ``on_finished`` in round order."""
 
-    def __init__(self, attack: str, on_finished: Callable[[RoundRecord], None]) -> None:
+    def __init__(self, attack: str, on_finished: Callable[[RoundRecord], None],
+                 waiting: Callable[[int], bool] = lambda server_round: False) -> None:
         self.attack = attack
         self._on_finished = on_finished
+        self._waiting = waiting
         self._rounds: dict[int, RoundState] = {}
         self._written = 0  # highest round handed on
         self._lock = threading.RLock()
+
+    def _ready(self, state: RoundState) -> bool:
+        return state.evaluated and state.attacked and not self._waiting(state.server_round)
 
     def __getitem__(self, server_round: int) -> RoundState:
         with self._lock:
@@ -84,6 +92,12 @@ class RoundBook:
                 if state.server_round < server_round:
                     state.evaluated = True
 
+    def add_error(self, server_round: int, message: str) -> None:
+        """Keep a failure of the audit machinery (not of one client's audit) on the round."""
+        with self._lock:
+            if server_round > self._written:  # a round already handed on keeps its record as written
+                self[server_round].errors.append(message)
+
     def set_metrics(self, server_round: int, accuracy: float | None, loss: float | None, *,
                     central: bool) -> None:
         """Keep a round's accuracy and loss; a central evaluation is not overwritten by the clients'."""
@@ -97,26 +111,31 @@ class RoundBook:
         with self._lock:
             for server_round in sorted(r for r in self._rounds if r > self._written):
                 state = self._rounds[server_round]
-                if not state.ready and timeout_reason is None:
+                ready = self._ready(state)
+                if not ready and timeout_reason is None:
                     break
-                self._on_finished(state.record(self.attack, None if state.ready else timeout_reason))
+                self._on_finished(state.record(self.attack, None if state.attacked else timeout_reason))
                 self._written = server_round
                 del self._rounds[server_round]
 
-    def close(self, timeout: float) -> None:
-        """End of the run: wait up to ``timeout`` s for the audits, then hand on every round."""
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for every submitted attack; whether they all came back."""
         deadline = time.monotonic() + timeout
         with self._lock:
-            states = list(self._rounds.values())
-            for state in states:
-                state.evaluated = True
-        for state in states:
-            if state.future is None:
-                continue
+            futures = [state.future for state in self._rounds.values() if state.future is not None]
+        for future in futures:
             try:
-                state.future.result(timeout=max(0.0, deadline - time.monotonic()))
+                future.result(timeout=max(0.0, deadline - time.monotonic()))
             except FutureTimeout:
-                break
+                return False
             except Exception:  # reported per client by RoundState.record
                 pass
+        return True
+
+    def close(self, timeout: float) -> None:
+        """End of the run: wait up to ``timeout`` s for the attacks, then hand on every round."""
+        with self._lock:
+            for state in self._rounds.values():
+                state.evaluated = True
+        self.wait(timeout)
         self.flush(timeout_reason=f"audit did not finish within the {timeout:g} s timeout")

@@ -1,14 +1,18 @@
-"""One call that runs an audited Flower simulation on a built-in dataset and returns the report.
+"""One call that runs an audited Flower simulation and returns the report.
 
 It uses Flower's real Simulation Engine (``flwr.simulation.run_simulation``, Ray backend): a
-ServerApp running ``AuditedFedAvg`` with a central evaluation on the dataset's test split, and
-the ready-made ClientApp. Client mods run in this order, outermost first::
+ServerApp running ``AuditedFedAvg`` with a central evaluation on the test split, and the
+ready-made ClientApp (an ``AuditedClientApp``). The data is a built-in dataset by name or any
+map-style dataset of ``(image, label)``; the model a name or the user's own ``model_fn``. Client
+mods run in this order, outermost first::
 
     run-config mod -> audit_mod -> *client_mods (defenses) -> train
 
 The run-config mod puts ``run_config`` into every client's ``context.run_config`` (Flower's
 Python simulation API has no other way to pass it); ``audit_mod`` is outside the defenses, so
 the reply the server receives, and attacks, is the defended update (see :mod:`semsim_audit.strategies.mods`).
+Scoring happens on the clients; their run config opts in to exporting the paired originals
+(``audit-export-originals``) so that the report can show them beside the reconstructions.
 """
 
 from __future__ import annotations
@@ -24,18 +28,19 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
-from torch.utils.data import Subset
+from torch import nn
+from torch.utils.data import Dataset, Subset
 
 from semsim_audit.config import AuditConfig
-from semsim_audit.core import seed_everything
-from semsim_audit.data import load_dataset
-from semsim_audit.data import partition as partition_dataset
+from semsim_audit.core import DataSpec, seed_everything
+from semsim_audit.data import load_dataset, partition_dirichlet, partition_iid
 from semsim_audit.models import model_for
 from semsim_audit.report import PrivacyReport, ReportSink
 from semsim_audit.strategies.audited import AuditedFedAvg
 from semsim_audit.strategies.client import evaluate_model, make_client_app
 from semsim_audit.strategies.executors import RayExecutor
-from semsim_audit.strategies.mods import EXPORT_ORIGINALS_KEY, audit_mod
+from semsim_audit.strategies.mods import audit_mod
+from semsim_audit.strategies.protocol import EXPORT_ORIGINALS_KEY
 
 __all__ = ["run_audited_simulation", "RunConfigMod"]
 
@@ -92,7 +97,46 @@ def _check(name: str, value: float, minimum: float, *, integer: bool = True) -> 
         raise ValueError(f"{name} must be {kind} >= {minimum}, got {value!r}")
 
 
-def run_audited_simulation(*, dataset: str = "photos", model: str = "convnet",
+def _user_dataset(dataset: Any, data_spec: DataSpec | None, what: str) -> tuple[Any, DataSpec]:
+    """A user's map-style dataset of (image, label) and its spec, checked on its first item."""
+    if not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
+        raise ValueError(f"{what} must be a dataset name or a map-style dataset of (image, label), "
+                         f"got {type(dataset).__name__}")
+    spec = data_spec if data_spec is not None else getattr(dataset, "spec", None)
+    if not isinstance(spec, DataSpec):
+        raise ValueError(f"{what} has no `spec` (a semsim_audit.DataSpec): pass data_spec=DataSpec(...)")
+    if len(dataset) == 0:
+        raise ValueError(f"{what} is empty")
+    try:
+        image, label = dataset[0]
+    except Exception as error:
+        raise ValueError(f"{what}[0] is not an (image, label) pair: {error}") from None
+    if not isinstance(image, torch.Tensor) or tuple(image.shape) != tuple(spec.shape):
+        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise ValueError(f"{what}[0]'s image is {shape}, data_spec.shape is {spec.shape} "
+                         "(expected a normalised tensor)")
+    if not 0 <= int(label) < spec.num_classes:
+        raise ValueError(f"{what}[0]'s label {label!r} is outside the spec's {spec.num_classes} classes")
+    return dataset, spec
+
+
+def _labels(dataset: Any) -> list[int]:
+    targets = getattr(dataset, "targets", None)
+    if targets is not None:
+        return [int(t) for t in targets]
+    return [int(dataset[i][1]) for i in range(len(dataset))]
+
+
+def _shards(dataset: Any, num_clients: int, scheme: str, alpha: float, seed: int) -> list[Any]:
+    if scheme == "iid":
+        return partition_iid(len(dataset), num_clients, seed)
+    if scheme == "dirichlet":
+        return partition_dirichlet(_labels(dataset), num_clients, alpha, seed)
+    raise ValueError(f"unknown partition scheme {scheme!r}; use 'iid' or 'dirichlet'")
+
+
+def run_audited_simulation(*, dataset: str | Dataset = "photos",
+                           model: str | Callable[[], nn.Module] = "convnet",
                            model_options: Mapping[str, Any] | None = None, num_clients: int = 4,
                            rounds: int = 3, fraction_train: float = 1.0, local_steps: int = 1,
                            batch_size: int = 1, lr: float = 0.01, partition: str = "iid",
@@ -101,12 +145,25 @@ def run_audited_simulation(*, dataset: str = "photos", model: str = "convnet",
                            run_config: Mapping[str, Any] | None = None,
                            backend_config: Mapping[str, Any] | None = None,
                            samples_per_client: int | None = None,
-                           wrap_strategy: Callable[[Strategy], Strategy] | None = None) -> PrivacyReport:
+                           wrap_strategy: Callable[[Strategy], Strategy] | None = None,
+                           data_spec: DataSpec | None = None,
+                           test_dataset: Dataset | None = None) -> PrivacyReport:
     """Run an audited FedAvg simulation and return its PrivacyReport (also on disk with out_dir).
 
-    ``wrap_strategy`` wraps the inner FedAvg inside the audit (e.g. Flower's client-side DP wrapper,
-    ``semsim_audit.strategies.defenses.dp_fixed_strategy``): the audit sees the replies before that
-    wrapper does.
+    Parameters
+    ----------
+    dataset : str or Dataset
+        A built-in dataset by name (``load_dataset``; its test split evaluates), or a map-style
+        dataset of ``(image, label)`` with images normalised as ``spec`` says, where ``spec`` is
+        the dataset's ``spec`` attribute or ``data_spec``. ``test_dataset`` evaluates the global
+        model; without it the accuracy is measured on ``dataset`` itself (the report says so).
+    model : str or Callable[[], nn.Module]
+        A victim model by name (with ``model_options``), or your own ``model_fn`` (picklable with
+        cloudpickle: Ray ships it to the clients).
+    wrap_strategy : Callable, optional
+        Wraps the inner FedAvg inside the audit (e.g. Flower's client-side DP wrapper,
+        ``semsim_audit.strategies.defenses.dp_fixed_strategy``): the audit sees the replies before
+        that wrapper does.
     """
     from flwr.simulation import run_simulation  # pulls in Ray: seconds, so only when a simulation runs
 
@@ -126,14 +183,34 @@ def run_audited_simulation(*, dataset: str = "photos", model: str = "convnet",
     if not isinstance(audit, AuditConfig):
         raise ValueError(f"audit must be an AuditConfig, got {type(audit).__name__}")
 
-    train_set = load_dataset(dataset, train=True)
-    test_set = load_dataset(dataset, train=False)
-    spec = train_set.spec  # type: ignore[attr-defined]
-    shards = partition_dataset(train_set, num_clients, partition, alpha, seed)
+    evaluation = "test split"
+    if isinstance(dataset, str):
+        if data_spec is not None or test_dataset is not None:
+            raise ValueError("data_spec and test_dataset go with a dataset object, not a dataset name")
+        train_set = load_dataset(dataset, train=True)
+        test_set = load_dataset(dataset, train=False)
+        spec = train_set.spec  # type: ignore[attr-defined]
+    else:
+        train_set, spec = _user_dataset(dataset, data_spec, "dataset")
+        if test_dataset is not None:
+            test_set, _ = _user_dataset(test_dataset, spec, "test_dataset")
+        else:
+            test_set, evaluation = train_set, "the training dataset (no test_dataset given)"
+    shards = _shards(train_set, num_clients, partition, alpha, seed)
     if samples_per_client is not None:
         shards = [shard[:samples_per_client] for shard in shards]
-    model_fn = _ModelFactory(model, spec, model_options or {})
-    model_fn()  # an unknown model name or option fails here, before Ray starts
+    if isinstance(model, str):
+        model_fn: Callable[[], nn.Module] = _ModelFactory(model, spec, model_options or {})
+    elif callable(model):
+        if model_options:
+            raise ValueError("model_options go with a model name, not with your own model_fn")
+        model_fn = model
+    else:
+        raise ValueError(f"model must be a model name or a callable returning an nn.Module, "
+                         f"got {type(model).__name__}")
+    built = model_fn()  # an unknown model name or option fails here, before Ray starts
+    if not isinstance(built, nn.Module):
+        raise ValueError(f"model() must return a torch.nn.Module, got {type(built).__name__}")
     seed_everything(seed)
     initial_arrays = ArrayRecord(model_fn().state_dict())
 
@@ -157,6 +234,7 @@ def run_audited_simulation(*, dataset: str = "photos", model: str = "convnet",
                              min_available_nodes=num_clients)
     if wrap_strategy is not None:
         strategy.strategy = wrap_strategy(strategy.strategy)
+    strategy.report.config["evaluated_on"] = evaluation
 
     def central_evaluation(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         evaluated = model_fn()

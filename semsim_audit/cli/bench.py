@@ -19,17 +19,21 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from semsim_audit.cli.common import (
+    TORCHVISION_DATASET_NAMES,
     AttackOption,
     AuditedOption,
     BatchSizeOption,
     ClientsOption,
+    DataRootOption,
     DatasetOption,
     DeviceOption,
+    DownloadOption,
     IterationsOption,
     LabelsKnownOption,
     LocalStepsOption,
     LrOption,
     ModelOption,
+    PartitionOption,
     RestartsOption,
     RoundsOption,
     SemSimOption,
@@ -37,6 +41,7 @@ from semsim_audit.cli.common import (
     checkpoint_or_fail,
     dataset_or_fail,
     fail,
+    fail_run,
     positive_number,
 )
 
@@ -55,6 +60,8 @@ def bench(
         "localdp.clip / localdp.sensitivity / localdp.delta=VALUE.")] = None,
     seeds: Annotated[int, typer.Option(help="Seeds per defense and strength (0, 1, ..., N-1).")] = 1,
     dataset: DatasetOption = "photos",
+    data_root: DataRootOption = None,
+    download: DownloadOption = False,
     model: ModelOption = "lenet",
     clients: ClientsOption = 2,
     rounds: RoundsOption = 2,
@@ -64,7 +71,7 @@ def bench(
     lr: LrOption = 0.01,
     samples_per_client: Annotated[int | None, typer.Option(
         help="Cap on each client's training images (smaller = faster).")] = None,
-    partition: Annotated[str, typer.Option(help="iid or dirichlet.")] = "iid",
+    partition: PartitionOption = "iid",
     alpha: Annotated[float, typer.Option(help="Dirichlet concentration (with --partition dirichlet).")] = 0.5,
     attack: AttackOption = "inverting-gradients",
     iterations: IterationsOption = 200,
@@ -109,8 +116,6 @@ def bench(
     if not 0.0 < fraction_train <= 1.0:
         fail(f"--fraction-train must lie in (0, 1], got {fraction_train:g}")
     positive_number(lr, "--lr")
-    if partition not in ("iid", "dirichlet"):
-        fail(f"--partition must be iid or dirichlet, got {partition!r}")
     checkpoint_or_fail(semsim_checkpoint)
 
     # torch loads with the attacks behind AuditConfig, not at start-up.
@@ -128,12 +133,19 @@ def bench(
         problem = error.errors()[0]
         message = str(problem["msg"]).removeprefix("Value error, ")
         fail(f"--{str(problem['loc'][0]).replace('_', '-')}: {message}")
-    dataset_or_fail(dataset)
+    # Loaded once for every cell. A folder has no test split: cells evaluate on its training images.
+    train_split = dataset_or_fail(dataset, root=data_root, download=download)
+    test_split = None if dataset == "folder" else dataset_or_fail(dataset, train=False, root=data_root,
+                                                                   download=download)
+    data = {"dataset": train_split, "test_dataset": test_split}
 
-    simulation = {"dataset": dataset, "model": model, "num_clients": clients, "rounds": rounds,
+    simulation = {"model": model, "num_clients": clients, "rounds": rounds,
                   "fraction_train": fraction_train, "local_steps": local_steps, "batch_size": batch_size,
                   "lr": lr, "partition": partition, "alpha": alpha, "samples_per_client": samples_per_client}
-    settings = {**simulation, "audit": audit_fields, "defense_options": options, "save_images": save_images}
+    settings = {"dataset": dataset, **simulation, "audit": audit_fields, "defense_options": options,
+                "save_images": save_images}
+    if data_root is not None and dataset in (*TORCHVISION_DATASET_NAMES, "folder"):
+        settings["data_root"] = str(data_root.resolve())  # other files, other sweep
     state = SweepState(out, settings)
     try:
         state.open()
@@ -153,8 +165,8 @@ def bench(
             # norm, the client's fixedclipping_mod clips; the wrapper's noise goes on the aggregate.
             sampled = max(1, int(clients * fraction_train))
             extra["wrap_strategy"] = lambda inner: dp_fixed_strategy(inner, run_config, sampled)
-        return run_audited_simulation(**simulation, seed=cell.seed, audit=audit, client_mods=defense_mods(),
-                                      run_config=run_config, **extra)
+        return run_audited_simulation(**data, **simulation, seed=cell.seed, audit=audit,
+                                      client_mods=defense_mods(), run_config=run_config, **extra)
 
     console = Console()
     console.print(f"[bold]{len(cells)} cells[/] ({len(specs)} defense spec(s) x strengths x {seeds} seed(s)) "
@@ -177,6 +189,6 @@ def bench(
     console.print(results_table(rows))
     files = write_outputs(rows, results, settings, out)
     failed = [r for r in results if r.status == "failed"]
-    if failed:
-        console.print(f"[bold red]{len(failed)} cell(s) failed[/]; run the same command again to retry them.")
     console.print("files: " + ", ".join(str(path) for path in files.values()))
+    if failed:
+        fail_run(f"{len(failed)} of {len(results)} cell(s) failed; run the same command again to retry them")

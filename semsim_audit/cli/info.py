@@ -22,7 +22,7 @@ def info() -> None:
     import torch
 
     from semsim_audit.core import select_device
-    from semsim_audit.data import DATASETS
+    from semsim_audit.data import DATA_ROOT_ENV, DATASETS, DEFAULT_DATA_ROOT, data_root
 
     table = Table(title="semsim-audit", show_header=False)
     table.add_column("what", style="bold")
@@ -35,7 +35,9 @@ def info() -> None:
     table.add_row("CUDA", cuda)
     table.add_row("datasets", ", ".join(DATASETS))
     table.add_row("embedded data", "scikit-image photos and LFW subset (no download)")
-    table.add_row("torchvision data root", str(Path.home() / ".cache" / "semsim-audit" / "data"))
+    root = data_root()
+    table.add_row("data root", f"{root} (${DATA_ROOT_ENV})" if root is not None else
+                  f"{DEFAULT_DATA_ROOT} (torchvision's sets; set ${DATA_ROOT_ENV} or pass --data-root)")
     checkpoint_dir = Path(__file__).resolve().parent.parent / "semsim" / "checkpoints"
     table.add_row("SemSim checkpoints", str(checkpoint_dir))
     Console().print(table)

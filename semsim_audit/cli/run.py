@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from pydantic import ValidationError
 from rich import box
 from rich.console import Console
 from rich.markup import escape
@@ -23,8 +22,10 @@ from semsim_audit.cli.common import (
     AuditedOption,
     BatchSizeOption,
     ClientsOption,
+    DataRootOption,
     DatasetOption,
     DeviceOption,
+    DownloadOption,
     IterationsOption,
     LabelsKnownOption,
     LocalStepsOption,
@@ -38,9 +39,11 @@ from semsim_audit.cli.common import (
     checkpoint_or_fail,
     dataset_or_fail,
     fail,
+    fail_run,
     positive_number,
+    report_or_fail,
 )
-from semsim_audit.report import ClientAudit, PrivacyReport, RoundRecord, format_value, read_jsonl
+from semsim_audit.report import ClientAudit, PrivacyReport, RoundRecord, format_value
 
 __all__ = ["demo", "report", "attack", "register"]
 
@@ -48,34 +51,6 @@ __all__ = ["demo", "report", "attack", "register"]
 def _print_path(console: Console, label: str, path: Path) -> None:
     """One line, never wrapped inside the path, so it can be copied from the terminal."""
     console.print(f"{label}: [bold]{escape(str(path))}[/]", soft_wrap=True, highlight=False)
-
-
-def _load_report(path: Path) -> tuple[PrivacyReport, Path]:
-    """The report in ``path`` (a run folder, a report.jsonl or a report.json) and its run folder."""
-    if path.is_dir():
-        run_dir = path
-        journal, whole = path / "report.jsonl", path / "report.json"
-        if journal.is_file():
-            path = journal
-        elif whole.is_file():
-            path = whole
-        else:
-            fail(f"{run_dir} holds neither report.jsonl nor report.json (is it a run folder?)")
-    elif not path.is_file():
-        fail(f"no such file or folder: {path}")
-    run_dir = path.parent
-    try:
-        if path.suffix == ".json":
-            return PrivacyReport.model_validate_json(path.read_text(encoding="utf-8")), run_dir
-        return read_jsonl(path), run_dir
-    except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        fail(f"{path}: not a semsim-audit report ({where}: {first['msg']})")
-    except UnicodeDecodeError:  # before ValueError, its base class
-        fail(f"{path}: not a text file")
-    except ValueError as error:  # read_jsonl names the file and line itself
-        fail(str(error))
 
 
 def report(
@@ -88,7 +63,7 @@ def report(
     # matplotlib loads with the views, not at start-up.
     from semsim_audit.views import render_report, render_run
 
-    loaded, run_dir = _load_report(path)
+    loaded, run_dir = report_or_fail(path)
     console = Console()
     render_report(loaded, console)
     target = out or run_dir
@@ -97,7 +72,7 @@ def report(
             _copy_images(loaded, run_dir, out)
         files = render_run(loaded, target, svg=svg)
     except OSError as error:
-        fail(f"cannot write the report into {target}: {error.strerror or error}")
+        fail_run(f"cannot write the report into {target}: {error.strerror or error}")
     _print_path(console, "report", files.html)
 
 
@@ -125,6 +100,8 @@ def register(app: typer.Typer) -> None:
 
 def demo(
     dataset: DatasetOption = "photos",
+    data_root: DataRootOption = None,
+    download: DownloadOption = False,
     model: ModelOption = "lenet",
     uniform_init: Annotated[bool, typer.Option(
         help="LeNet only: DLG's uniform(-0.5, 0.5) weights, the setting of the DLG paper.")] = True,
@@ -154,13 +131,14 @@ def demo(
     if audited > clients:
         fail(f"--audited {audited} is more than --clients {clients}")
     positive_number(lr, "--lr")
-    name = _attack_name_or_fail(attack_name)
     torch_device = _device_or_fail(device)
     checkpoint_or_fail(semsim_checkpoint)
-    _model_name_or_fail(model)
     if out.exists() and not out.is_dir():
         fail(f"--out: {out} exists and is not a folder")
-    data = dataset_or_fail(dataset)
+    data = dataset_or_fail(dataset, root=data_root, download=download)
+    # A folder has no test split: the simulation then evaluates on the training images, and says so.
+    test_data = None if dataset == "folder" else dataset_or_fail(dataset, train=False, root=data_root,
+                                                                  download=download)
     model_options = {"uniform_init": True} if model == "lenet" and uniform_init else {}
     _model_or_fail(model, data.spec, model_options)
     per_client = len(data) // clients
@@ -175,8 +153,8 @@ def demo(
     try:
         run_dir = new_run_dir(out)
     except OSError as error:
-        fail(f"--out: cannot create a run folder under {out}: {error.strerror or error}")
-    audit = AuditConfig(attack=name, attack_config={"iterations": iterations}, clients=audited,
+        fail_run(f"--out: cannot create a run folder under {out}: {error.strerror or error}")
+    audit = AuditConfig(attack=attack_name, attack_config={"iterations": iterations}, clients=audited,
                         seed=seed, out_dir=run_dir, save_images=images, device=str(torch_device),
                         semsim_checkpoint=str(semsim_checkpoint) if semsim_checkpoint else None)
 
@@ -185,32 +163,27 @@ def demo(
 
     console = Console()
     console.print(f"[bold]semsim-audit demo[/]: {clients} clients x {rounds} rounds of FedAvg on {dataset!r} "
-                  f"({model}), {name} ({iterations} iterations) on {audited} client(s) a round, "
+                  f"({model}), {attack_name} ({iterations} iterations) on {audited} client(s) a round, "
                   f"device {torch_device}")
     _print_path(console, "run folder", run_dir)
     views = RunFolderSink(run_dir)
     started = time.monotonic()
     try:
-        run_audited_simulation(
-            dataset=dataset, model=model, model_options=model_options, num_clients=clients, rounds=rounds,
-            local_steps=local_steps, batch_size=batch_size, lr=lr, seed=seed, audit=audit,
-            sinks=[ConsoleSink(console, total_rounds=rounds), views])
+        result = run_audited_simulation(
+            dataset=data, test_dataset=test_data, model=model, model_options=model_options,
+            num_clients=clients, rounds=rounds, local_steps=local_steps, batch_size=batch_size, lr=lr,
+            seed=seed, audit=audit, sinks=[ConsoleSink(console, total_rounds=rounds), views])
     except ValueError as error:
-        fail(str(error))
+        fail_run(str(error))
     seconds = time.monotonic() - started
     if views.files is None:
-        fail(f"the simulation ended without a report; partial results (if any) are in {run_dir}")
+        fail_run(f"the simulation ended without a report; partial results (if any) are in {run_dir}")
     console.print(f"finished in {seconds:.0f} s; rounds.csv, report.json, plots/ and console.svg are in the "
                   "run folder. Open the report:")
     _print_path(console, "report", views.files.html)
-
-
-def _model_name_or_fail(name: str) -> None:
-    # torch loads with the models, not at start-up.
-    from semsim_audit.models import MODELS
-
-    if name not in MODELS:
-        fail(f"--model: unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
+    audited_rounds = [r for r in result.rounds if r.status != "not audited"]
+    if audited_rounds and all(r.status == "failed" for r in audited_rounds):
+        fail_run("every audit of the run failed; the reasons are in the closing panel and the report")
 
 
 def _model_or_fail(name: str, spec: Any, options: dict[str, Any] | None = None) -> Any:
@@ -233,15 +206,6 @@ def _device_or_fail(device: str) -> Any:
         fail(f"--device: {error}")
 
 
-def _attack_name_or_fail(name: str) -> str:
-    # torch loads with the attacks, not at start-up.
-    from semsim_audit.attacks import ATTACKS
-
-    if name not in ATTACKS:
-        fail(f"--attack: unknown attack {name!r}; known attacks: {', '.join(sorted(ATTACKS))}")
-    return name
-
-
 def _scores_table(audit: ClientAudit) -> Table:
     table = Table(title=f"{audit.attack}: {audit.num_images} image(s), {audit.seconds:.1f} s",
                   title_justify="left", header_style="bold", box=box.SIMPLE_HEAD)
@@ -257,6 +221,8 @@ def _scores_table(audit: ClientAudit) -> Table:
 
 def attack(
     dataset: DatasetOption = "photos",
+    data_root: DataRootOption = None,
+    download: DownloadOption = False,
     model: ModelOption = "lenet",
     attack_name: AttackOption = "inverting-gradients",
     samples: Annotated[int, typer.Option(help="Images in the attacked batch (the client's batch size).")] = 1,
@@ -275,10 +241,9 @@ def attack(
                                    (iterations, 1, "--iterations"), (restarts, 1, "--restarts"),
                                    (seed, 0, "--seed")):
         at_least(value, minimum, option)
-    name = _attack_name_or_fail(attack_name)
     torch_device = _device_or_fail(device)
     checkpoint_or_fail(semsim_checkpoint)
-    data = dataset_or_fail(dataset)
+    data = dataset_or_fail(dataset, root=data_root, download=download)
     if index + samples > len(data):
         fail(f"--index {index} + --samples {samples} runs past the {len(data)} images of {dataset!r}")
 
@@ -304,17 +269,21 @@ def attack(
     try:
         semsim = SemSim.load(semsim_checkpoint, device=torch_device)
     except ValueError as error:
-        fail(f"--semsim: {error}")
-    with console.status(f"{name}: {iterations} iterations x {restarts} restart(s) on {torch_device}"):
-        result = run_attack(name, observation, AttackConfig(iterations=iterations, restarts=restarts,
-                                                             seed=seed, device=str(torch_device)))
-    run_dir = new_run_dir(out) if out is not None else None
-    audit = score_client(node_id=0, attack=name, result=result,
+        fail_run(f"--semsim: {error}")
+    config = AttackConfig(iterations=iterations, restarts=restarts, seed=seed, device=str(torch_device))
+    with console.status(f"{attack_name}: {iterations} iterations x {restarts} restart(s) on {torch_device}"):
+        try:
+            result = run_attack(attack_name, observation, config)
+        except ValueError as error:  # input the attack cannot use; a diverging attack is a result
+            fail_run(f"attack failed: {error}")
+    try:
+        run_dir = new_run_dir(out) if out is not None else None
+    except OSError as error:
+        fail_run(f"--out: cannot create a run folder under {out}: {error.strerror or error}")
+    audit = score_client(node_id=0, attack=attack_name, result=result,
                          originals=data.spec.denormalize(inputs).clamp(0.0, 1.0), true_labels=labels,
                          semsim=semsim, server_round=1, local_steps=1, batch_size=samples, run_dir=run_dir)
-    if audit.status != "ok":
-        console.print(f"[bold red]attack failed:[/] {audit.reason}")
-    else:
+    if audit.status == "ok":
         console.print(_scores_table(audit))
         console.print(f"leakage rate {format_value(audit.leakage_rate, '.0%')} "
                       f"(SemSim {semsim.info.get('annotator', 'unknown')} checkpoint, "
@@ -322,10 +291,12 @@ def attack(
                       f"{format_value(audit.label_accuracy, '.0%')}")
     if run_dir is not None:
         threat = "labels_known" if labels_known else "labels_recovered"
-        report = PrivacyReport(attack=name, threat_model=threat, semsim=semsim.info,
+        report = PrivacyReport(attack=attack_name, threat_model=threat, semsim=semsim.info,
                                config={"command": "attack", "dataset": dataset, "model": model,
                                        "samples": samples, "index": index, "iterations": iterations,
                                        "restarts": restarts, "seed": seed, "device": str(torch_device)},
                                rounds=[RoundRecord(round=1, clients=[audit]).summarise()])
         files = render_run(report, run_dir)
         _print_path(console, "report", files.html)
+    if audit.status != "ok":
+        fail_run(f"attack failed: {audit.reason}")

@@ -16,7 +16,7 @@ app = typer.Typer(help="Train, evaluate and inspect SemSim, the human-aligned le
                   no_args_is_help=True, add_completion=False)
 console = Console()
 
-# Options that `train` and `eval` share.
+# The annotation folder `train` reads; the device option `train` and `eval` share.
 AnnotationsOption = Annotated[Path, typer.Option(help="annotation folder in the released layout")]
 TorchDeviceOption = Annotated[str, typer.Option(help="'auto', 'cpu' or 'cuda[:N]'")]
 
@@ -94,19 +94,39 @@ def _given(**options: Any) -> dict[str, Any]:
 
 @app.command("eval")
 def evaluate_command(
-    data: AnnotationsOption,
+    data: Annotated[Path, typer.Option(
+        help="an annotation folder in the released layout; or the --out folder of `semsim-audit annotate` "
+             "(its answers about the run folder it was begun on); or a run folder / folder of pairs with "
+             "--labels")],
+    labels: Annotated[list[Path] | None, typer.Option(
+        help="answers about --data: a labels.jsonl file or an `annotate --out` folder (repeatable; "
+             "annotators are merged by majority vote)")] = None,
+    min_votes: Annotated[int, typer.Option(min=1, help="with answers: votes an item needs to count")] = 1,
     checkpoint: Annotated[Path | None, typer.Option(help="checkpoint file (default: packaged)")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="also write the results here")] = None,
     device: TorchDeviceOption = "auto",
     lpips: Annotated[bool, typer.Option(help="include LPIPS when its weights are on this machine")] = True,
 ) -> None:
-    """How well SemSim, PSNR, SSIM (and LPIPS) tell recognizable reconstructions from the rest."""
+    """How well SemSim, PSNR, SSIM (and LPIPS) tell recognizable reconstructions from the rest.
+
+    Check the judge on your own reconstructions in one command: label a run folder with
+    `semsim-audit annotate RUN --out LABELS`, then `semsim-audit semsim eval --data LABELS`.
+    """
     # torch loads with SemSim's modules, in each command, not at start-up.
-    from semsim_audit.semsim.evaluate import evaluate
+    from semsim_audit.semsim.evaluate import evaluate, evaluate_pairs
     from semsim_audit.semsim.scorer import SemSim
 
     try:
-        results = evaluate(data, SemSim.load(checkpoint, device=device), use_lpips=lpips)
+        semsim = SemSim.load(checkpoint, device=device)
+        answered = _answered_source(data, labels or [])
+        if answered is None:
+            results = evaluate(data, semsim, use_lpips=lpips)
+        else:
+            source, files = answered
+            originals, reconstructions, verdicts, configurations = _answered_pairs(source, files, min_votes)
+            described = f"{source} (answers: {', '.join(str(f) for f in files)})"
+            results = evaluate_pairs(originals, reconstructions, verdicts, semsim,
+                                     configurations=configurations, data=described, use_lpips=lpips)
     except ValueError as error:
         fail(str(error))
     print_evaluation(results)
@@ -114,6 +134,44 @@ def evaluate_command(
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(results, indent=2))
         console.print(f"results written to {json_out}")
+
+
+def _answered_source(data: Path, labels: list[Path]) -> tuple[Path, list[Path]] | None:
+    """(SOURCE, labels files) when ``data`` holds answers from `semsim-audit annotate`; None for the released
+    layout."""
+    from semsim_audit.annotate.store import LABELS_FILE, SESSION_FILE, session_source
+
+    files = [path / LABELS_FILE if path.is_dir() else path for path in labels]
+    for file in files:
+        if not file.is_file():
+            raise ValueError(f"--labels {file}: no such labels file")
+    if (data / SESSION_FILE).is_file():
+        return session_source(data), [data / LABELS_FILE, *files]
+    return (data, files) if files else None
+
+
+def _answered_pairs(source: Path, files: list[Path],
+                    min_votes: int) -> tuple[Any, Any, list[bool], list[str | None]]:
+    """The majority-labelled pairs of ``source``: originals, reconstructions, verdicts, configurations."""
+    import torch
+
+    from semsim_audit.annotate import load_items, read_labels, tally
+    from semsim_audit.semsim.annotations import load_image
+
+    items = load_items(source)
+    records = [record for file in files for record in read_labels(file)]
+    rows = [row for row in tally(items, records, min_votes=min_votes)
+            if row["label"] in ("recognizable", "not_recognizable")]
+    if not rows:
+        raise ValueError(f"{source}: no item has a majority answer in {', '.join(str(f) for f in files)}")
+    chosen = [(items.get(row["item"]), row) for row in rows]
+    originals = torch.stack([load_image(item.original) for item, _ in chosen])  # type: ignore[union-attr]
+    reconstructions = torch.stack([load_image(item.reconstruction) for item, _ in chosen])  # type: ignore[union-attr]
+    verdicts = [row["label"] == "recognizable" for _, row in chosen]
+    # The configuration that made each reconstruction, as `annotate export` names it.
+    configurations = [f"{row['meta']['attack']}/round-{row['meta']['round']}" if "attack" in row["meta"]
+                      else None for _, row in chosen]
+    return originals, reconstructions, verdicts, configurations
 
 
 @app.command()
@@ -136,6 +194,9 @@ def show(
     for field in ("annotator", "data", "architecture", "width", "head", "embedding_dim", "embedding",
                   "threshold", "dtype", "version", "sha256"):
         table.add_row(field, str(getattr(meta, field)))
+    table.add_row("borderline_band", str(list(meta.borderline_band)) if meta.borderline_band else "none")
+    for field, value in meta.calibration.items():
+        table.add_row(f"calibration.{field}", str(value))
     for field in ("val_auc", "balanced_accuracy", "calibrated_on", "identities"):
         if field in meta.training:
             table.add_row(f"training.{field}", str(meta.training[field]))
@@ -179,6 +240,14 @@ def print_evaluation(results: dict[str, Any]) -> None:
         table.add_row(name, _number(row["auc"]), at_threshold, _number(row["balanced_accuracy_best"]),
                       _number(row["mean_recognizable"]), _number(row["mean_unrecognizable"]))
     console.print(table)
+    semsim_row = results["per_image"]["semsim"]
+    band = checkpoint.get("borderline_band")
+    if "borderline" in semsim_row and band:
+        console.print(f"borderline pairs (SemSim within {band[0]:.3f}-{band[1]:.3f}): "
+                      f"{semsim_row['borderline']} of {results['pairs']}; accuracy of the verdict "
+                      f"outside the band: {_number(semsim_row['accuracy_outside_band'])}")
+    else:
+        console.print("borderline pairs: n/a (this checkpoint records no borderline band)")
     if not results["lpips"]:
         console.print("LPIPS: n/a (package or weights not on this machine)")
     per_configuration = results["per_configuration"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import logging
 from pathlib import Path
+from typing import Any
 
 from rich import box
 from rich.console import Console, Group, RenderableType
@@ -29,8 +30,8 @@ from rich.text import Text
 from semsim_audit.report import LogSink, PrivacyReport, RoundRecord, format_value
 
 __all__ = [
-    "ROUND_COLUMNS", "round_cells", "leakage_level", "rounds_table", "summary_panel", "render_report",
-    "export_svg", "ConsoleSink",
+    "ROUND_COLUMNS", "LEAK_COLUMN", "round_cells", "leakage_cell", "leakage_interval", "calibration_line",
+    "leakage_level", "rounds_table", "summary_panel", "render_report", "export_svg", "ConsoleSink",
 ]
 
 # (header, meaning): the README's column glossary is written from the same words.
@@ -39,7 +40,10 @@ ROUND_COLUMNS: tuple[tuple[str, str], ...] = (
     ("acc", "global model accuracy after the round"),
     ("loss", "global model loss after the round"),
     ("audited", "clients whose update was attacked (failed audits in brackets)"),
-    ("leak", "leakage rate: share of reconstructions SemSim judges recognizable"),
+    ("leak (95% CI)", "leakage rate: share of reconstructions SemSim judges recognizable; in brackets its "
+                      "95% Wilson interval over the round's judged reconstructions, in percent"),
+    ("bord.", "borderline pairs: SemSim distance within the checkpoint's borderline band around its "
+              "threshold (n/a when the checkpoint has no band)"),
     ("SemSim", "mean SemSim distance, original vs reconstruction (lower = more leakage)"),
     ("PSNR", "mean PSNR in dB (higher = closer in pixels)"),
     ("SSIM", "mean SSIM (higher = closer in structure)"),
@@ -47,6 +51,8 @@ ROUND_COLUMNS: tuple[tuple[str, str], ...] = (
     ("atk s", "seconds spent attacking in this round, all audited clients together"),
     ("status", "ok / partial / failed / not audited"),
 )
+
+LEAK_COLUMN = "leak (95% CI)"
 
 _STATUS_STYLE = {"ok": "green", "partial": "yellow", "failed": "bold red", "not audited": "dim"}
 
@@ -66,7 +72,8 @@ def round_cells(record: RoundRecord) -> list[str]:
         format_value(record.accuracy, ".1%"),
         format_value(record.loss, ".3f"),
         _audited(record),
-        format_value(record.leakage_rate, ".0%"),
+        leakage_cell(record),
+        format_value(record.borderline, "d"),
         format_value(record.mean_semsim, ".3f"),
         format_value(record.mean_psnr, ".1f"),
         format_value(record.mean_ssim, ".3f"),
@@ -74,6 +81,37 @@ def round_cells(record: RoundRecord) -> list[str]:
         f"{record.attack_seconds:.1f}",
         record.status,
     ]
+
+
+def leakage_cell(record: RoundRecord) -> str:
+    """The leakage rate with its 95% interval, e.g. "33% (6-79)", or "n/a"."""
+    if record.leakage_rate is None:
+        return "n/a"
+    if record.leakage_low is None or record.leakage_high is None:
+        return f"{record.leakage_rate:.0%}"
+    return f"{record.leakage_rate:.0%} ({100 * record.leakage_low:.0f}-{100 * record.leakage_high:.0f})"
+
+
+def leakage_interval(record: RoundRecord) -> str:
+    """The 95% interval of a round's leakage rate in percent, e.g. "19-81%", or "n/a"."""
+    if record.leakage_low is None or record.leakage_high is None:
+        return "n/a"
+    return f"{100 * record.leakage_low:.0f}-{100 * record.leakage_high:.0f}%"
+
+
+def calibration_line(semsim: dict[str, Any]) -> str | None:
+    """How the checkpoint's threshold was calibrated, from ``PrivacyReport.semsim``; None when unrecorded."""
+    calibration = semsim.get("calibration") or {}
+    if not calibration:
+        return None
+    balanced = calibration.get("balanced_accuracy")
+    line = f"calibrated on {calibration.get('set', 'unrecorded pairs')}"
+    if isinstance(balanced, int | float):
+        line += f", balanced accuracy {balanced:.2f} there"
+    band = semsim.get("borderline_band")
+    if isinstance(band, list | tuple) and len(band) == 2:
+        line += f"; borderline band {band[0]:.3f}-{band[1]:.3f}"
+    return line
 
 
 def leakage_level(value: float | None) -> str:
@@ -93,7 +131,7 @@ def rounds_table(report: PrivacyReport, title: str | None = None) -> Table:
                   box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 0))
     for header, _ in ROUND_COLUMNS:
         table.add_column(header, justify="left" if header == "status" else "right", no_wrap=True)
-    leakage_column = [h for h, _ in ROUND_COLUMNS].index("leak")
+    leakage_column = [h for h, _ in ROUND_COLUMNS].index(LEAK_COLUMN)
     for record in report.rounds:
         cells: list[str | Text] = list(round_cells(record))
         cells[leakage_column] = Text(str(cells[leakage_column]),
@@ -116,7 +154,8 @@ def summary_panel(report: PrivacyReport) -> Panel:
         lines.append("worst round   ", style="bold").append("n/a (no audited round has a score)\n")
     else:
         lines.append("worst round   ", style="bold").append(
-            f"{worst.round}: leakage {format_value(worst.leakage_rate, '.0%')}, "
+            f"{worst.round}: leakage {format_value(worst.leakage_rate, '.0%')} "
+            f"(95% CI {leakage_interval(worst)}, {format_value(worst.borderline, 'd')} borderline), "
             f"mean SemSim {format_value(worst.mean_semsim, '.3f')}, "
             f"mean PSNR {format_value(worst.mean_psnr, '.1f')} dB\n")
         lines.append("worst client  ", style="bold").append(
@@ -127,6 +166,9 @@ def summary_panel(report: PrivacyReport) -> Panel:
         f"{kind} checkpoint", style="yellow" if kind != "human" else "")
     if isinstance(threshold, int | float):
         lines.append(f", recognizable at distance <= {threshold:.3f}")
+    calibration = calibration_line(report.semsim)
+    if calibration is not None:
+        lines.append(f"\n              {calibration}")
     if kind != "human":
         lines.append("\n              not trained on human annotations: a proxy for recognizability",
                      style="yellow")
@@ -149,7 +191,7 @@ def render_report(report: PrivacyReport, console: Console) -> None:
     console.print(summary_panel(report))
 
 
-def export_svg(report: PrivacyReport, path: str | Path, width: int = 80) -> Path:
+def export_svg(report: PrivacyReport, path: str | Path, width: int = 88) -> Path:
     """Write the table and closing panel as an SVG terminal screenshot (rich's exporter)."""
     recorder = Console(record=True, width=width, file=io.StringIO(), force_terminal=True,
                        color_system="truecolor")

@@ -26,7 +26,8 @@ __all__ = [
 ]
 
 CSV_COLUMNS: tuple[str, ...] = (
-    "round", "accuracy", "loss", "audited_clients", "failed_clients", "leakage_rate", "mean_semsim",
+    "round", "accuracy", "loss", "audited_clients", "failed_clients", "leakage_rate", "leakage_low",
+    "leakage_high", "borderline", "mean_semsim",
     "mean_psnr", "mean_ssim", "mean_lpips", "attack_seconds", "worst_client", "status", "finished_at",
 )
 
@@ -66,7 +67,8 @@ def _csv_row(record: RoundRecord) -> list[str | float | int]:
     failed = sum(c.status == "failed" for c in record.clients)
     return [_cell(v) for v in (
         record.round, record.accuracy, record.loss, len(record.clients), failed, record.leakage_rate,
-        record.mean_semsim, record.mean_psnr, record.mean_ssim, record.mean_lpips, record.attack_seconds,
+        record.leakage_low, record.leakage_high, record.borderline, record.mean_semsim, record.mean_psnr,
+        record.mean_ssim, record.mean_lpips, record.attack_seconds,
         record.worst_client, record.status, record.finished_at)]
 
 
@@ -108,7 +110,10 @@ def plot_rounds(report: PrivacyReport, path: str | Path) -> Path | None:
     top.set_title(f"run {report.run_id}: {report.attack}, SemSim {report.checkpoint_kind} checkpoint")
     bottom.plot(rounds, series([r.leakage_rate for r in report.rounds]), marker="o", color="tab:red",
                 label="leakage rate")
-    bottom.set_ylabel("leakage rate", color="tab:red")
+    bottom.fill_between(rounds, series([r.leakage_low for r in report.rounds]),
+                        series([r.leakage_high for r in report.rounds]), color="tab:red", alpha=0.15,
+                        label="95% interval")
+    bottom.set_ylabel("leakage rate (95% interval)", color="tab:red")
     bottom.set_ylim(-0.05, 1.05)
     bottom.set_xlabel("round")
     bottom.grid(alpha=0.3)

@@ -12,7 +12,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from semsim_audit.report import ClientAudit, PrivacyReport, ReconstructionScore, format_value
-from semsim_audit.views.console import ROUND_COLUMNS, leakage_level, round_cells
+from semsim_audit.views.console import (
+    LEAK_COLUMN,
+    ROUND_COLUMNS,
+    calibration_line,
+    leakage_interval,
+    leakage_level,
+    round_cells,
+)
 from semsim_audit.views.files import saved_image
 
 __all__ = ["STYLE", "data_uri", "render_html", "write_html"]
@@ -62,6 +69,8 @@ def _header(report: PrivacyReport) -> str:
              f"<tr><th class='text'>threat model</th><td class='text'>{_esc(report.threat_model)}</td></tr>",
              f"<tr><th class='text'>SemSim checkpoint</th><td class='text'>{_esc(kind)}"
              f"{_threshold(report)}</td></tr>",
+             f"<tr><th class='text'>SemSim calibration</th><td class='text'>"
+             f"{_esc(calibration_line(report.semsim) or 'not recorded in this checkpoint')}</td></tr>",
              "</tbody></table>"]
     if kind != "human":
         parts.append(
@@ -71,6 +80,8 @@ def _header(report: PrivacyReport) -> str:
     if worst is not None:
         parts.append(
             f"<p>Worst round: <b>{worst.round}</b> (leakage {format_value(worst.leakage_rate, '.0%')}, "
+            f"95% interval {_esc(leakage_interval(worst))}, "
+            f"{_esc(format_value(worst.borderline, 'd'))} borderline pair(s), "
             f"mean SemSim {format_value(worst.mean_semsim, '.3f')}); worst client in it: "
             f"<b>{_esc(format_value(worst.worst_client, 'd'))}</b>.</p>")
     return "\n".join(parts)
@@ -80,7 +91,7 @@ def _rounds_table(report: PrivacyReport) -> str:
     headers = "".join(
         f"<th{' class=text' if name == 'status' else ''} title='{_esc(meaning)}'>{_esc(name)}</th>"
         for name, meaning in ROUND_COLUMNS)
-    leakage_column = [name for name, _ in ROUND_COLUMNS].index("leak")
+    leakage_column = [name for name, _ in ROUND_COLUMNS].index(LEAK_COLUMN)
     rows = []
     for record in report.rounds:
         cells = []
@@ -106,6 +117,8 @@ def _image(run_dir: Path, relative: str | None, alt: str, recognizable: bool | N
 
 def _caption(score: ReconstructionScore) -> str:
     verdict = {True: "<b>recognizable</b>", False: "not recognizable", None: ""}[score.recognizable]
+    if score.borderline:
+        verdict += " (borderline)"
     labels = ""
     if score.true_label is not None or score.recovered_label is not None:
         labels = f"<br>label {_esc(score.true_label)} &rarr; {_esc(score.recovered_label)}"

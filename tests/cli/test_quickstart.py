@@ -51,7 +51,7 @@ def test_quickstart_runs_under_flwr_run(tmp_path: Path) -> None:
         "FLWR_DISABLE_UPDATE_CHECK": "1",
         "OMP_NUM_THREADS": "1",
     }
-    overrides = f"out-dir='{out}' num-server-rounds=1 attack-iterations=3"
+    overrides = f"out-dir='{out}' num-server-rounds=1 audit-iterations=3"
     try:
         completed = subprocess.run(
             [str(bin_dir / "flwr"), "run", str(QUICKSTART), "--stream", "--run-config", overrides],
@@ -65,6 +65,7 @@ def test_quickstart_runs_under_flwr_run(tmp_path: Path) -> None:
     assert [r.round for r in report.rounds] == [1]
     (audit,) = report.rounds[0].clients
     assert audit.status == "ok", audit.reason
+    assert audit.scored_on == "client" and audit.scores
     assert report.rounds[0].accuracy is not None
     assert (run_dir / "report.html").is_file()
     assert "[audit] round 1:" in log

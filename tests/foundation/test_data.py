@@ -79,7 +79,7 @@ def test_image_folder_dataset(tmp_path):
 
 
 def test_image_folder_missing_is_a_clear_error(tmp_path):
-    with pytest.raises(DatasetUnavailable, match="no image folder"):
+    with pytest.raises(DatasetUnavailable, match="nope does not exist"):
         load_dataset("folder", root=tmp_path / "nope")
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import semsim_audit
 
-PUBLIC_API = ("AuditedFedAvg", "AuditedStrategy", "audit_mod", "record_batch", "make_client_app",
-              "run_audited_simulation", "AuditConfig", "SemSim", "PrivacyReport", "DataSpec", "Observation",
-              "AttackConfig", "run_attack", "run_attacks", "ATTACKS")
+PUBLIC_API = ("AuditedFedAvg", "AuditedClientApp", "AuditedStrategy", "audit_mod", "record_batch",
+              "make_client_app", "run_audited_simulation", "AuditConfig", "SemSim", "PrivacyReport",
+              "DataSpec", "Observation", "AttackConfig", "run_attack", "run_attacks", "ATTACKS")
 
 
 def _python(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:

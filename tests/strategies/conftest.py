@@ -7,10 +7,9 @@ from typing import Any
 
 import pytest
 import torch
-from flwr.app import Context
+from audit_apps import Setup
 
-from semsim_audit.data import load_dataset, partition
-from semsim_audit.models import model_for
+from semsim_audit.data import load_dataset
 from semsim_audit.strategies.local import set_task_identity
 
 
@@ -36,21 +35,6 @@ def small_semsim() -> Any:
     metadata = CheckpointMetadata(threshold=0.5, annotator="proxy", data="untrained test network", width=8,
                                   embedding_dim=64)
     return SemSim(SemSimNet(width=8), metadata, device="cpu")
-
-
-class Setup:
-    """A tiny federated task: LeNet on 'photos', a few images per client."""
-
-    def __init__(self, photos: Any, num_nodes: int = 2, per_client: int = 4) -> None:
-        self.spec = photos.spec
-        shards = partition(photos, num_nodes, "iid", seed=0)
-        self.partitions = [photos.subset(shard[:per_client]) for shard in shards]
-
-    def model_fn(self) -> torch.nn.Module:
-        return model_for("lenet", self.spec)
-
-    def load_partition(self, context: Context) -> Any:
-        return self.partitions[int(context.node_config["partition-id"])]
 
 
 @pytest.fixture

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
 import random
+import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from audit_apps import TemplateClient
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.clientapp.mod import fixedclipping_mod
 from flwr.serverapp.strategy import (
@@ -23,16 +26,16 @@ from flwr.serverapp.strategy import (
 from semsim_audit.attacks import Observation, run_attacks
 from semsim_audit.config import AuditConfig
 from semsim_audit.report import read_jsonl
-from semsim_audit.strategies import AuditedFedAvg, AuditedStrategy, make_client_app
+from semsim_audit.strategies import AuditedFedAvg, AuditedStrategy, audit_mod, make_client_app
 from semsim_audit.strategies.executors import InlineExecutor, ThreadExecutor
 from semsim_audit.strategies.local import InProcessGrid as LocalGrid
-from semsim_audit.strategies.mods import CAPTURE_KEY, RECORD_KEY
+from semsim_audit.strategies.protocol import CAPTURE_KEY, RECORD_KEY, SCORING_MESSAGE_TYPE
 
 EXPORT = {"audit-export-originals": True}
 
 
 def _audit(**fields: Any) -> AuditConfig:
-    fields.setdefault("attack", "idlg")
+    fields.setdefault("attack", "inverting-gradients")  # a couple of Adam steps: fast
     fields.setdefault("attack_config", {"iterations": 2})
     fields.setdefault("clients", 2)
     return AuditConfig(**fields)
@@ -99,7 +102,7 @@ class SpyStrategy(FedAvg):
 
 
 def test_configure_train_marks_only_the_audited_client_on_a_copy(setup, small_semsim) -> None:
-    strategy = _audited(setup, small_semsim, audit=_audit(clients=1))
+    strategy = _audited(setup, small_semsim, audit=_audit(clients=[101]))
     grid = LocalGrid(make_client_app(setup.model_fn, setup.load_partition), 2, EXPORT)
     config = ConfigRecord({"lr": 0.1})
     messages = list(strategy.configure_train(1, ArrayRecord(setup.model_fn().state_dict()), config, grid))
@@ -112,20 +115,31 @@ def test_configure_train_marks_only_the_audited_client_on_a_copy(setup, small_se
     assert marked[0].content["arrays"] is unmarked.content["arrays"]
 
 
-def test_client_choice_is_seeded_and_node_ids_can_be_named(setup, small_semsim) -> None:
-    def chosen(audit: AuditConfig) -> list[list[int]]:
-        strategy = _audited(setup, small_semsim, audit=audit)
-        grid = LocalGrid(make_client_app(setup.model_fn, setup.load_partition), 2, EXPORT)
-        picks = []
-        for server_round in (1, 2, 3):
-            messages = strategy.configure_train(server_round, ArrayRecord(setup.model_fn().state_dict()),
-                                                ConfigRecord({"lr": 0.1}), grid)
-            picks.append(sorted(m.metadata.dst_node_id for m in messages
-                                if m.content["config"].get(CAPTURE_KEY)))
-        return picks
+def test_clients_are_chosen_by_their_stable_key_not_by_node_id(setup, small_semsim) -> None:
+    def audited_partitions(node_ids: list[int], seed: int) -> list[list[int]]:
+        strategy = _audited(setup, small_semsim, audit=_audit(clients=1, seed=seed))
+        random.seed(0)
+        app = make_client_app(setup.model_fn, setup.load_partition)
+        grid = LocalGrid(app, 2, EXPORT, node_ids=node_ids)
+        partition = {node: int(c.node_config["partition-id"]) for node, c in grid.contexts.items()}
+        strategy.start(grid=grid, initial_arrays=ArrayRecord(setup.model_fn().state_dict()), num_rounds=3,
+                       train_config=ConfigRecord({"lr": 0.1}))
+        return [[partition[c.node_id] for c in r.clients] for r in strategy.report.rounds]
 
-    assert chosen(_audit(clients=1, seed=4)) == chosen(_audit(clients=1, seed=4))
-    assert chosen(_audit(clients=[101])) == [[101], [101], [101]]
+    first = audited_partitions([100, 101], seed=6)
+    # Other node ids, in the other order (as another run of Flower's engine gets): the same partitions.
+    assert audited_partitions([9003, 502], seed=6) == first
+    assert all(len(picked) == 1 for picked in first)
+    assert len({p for picked in first for p in picked}) == 2  # the seeded draw does vary by round
+
+
+def test_named_node_ids_are_audited_when_sampled(setup, small_semsim) -> None:
+    strategy = _audited(setup, small_semsim, audit=_audit(clients=[101]))
+    grid = LocalGrid(make_client_app(setup.model_fn, setup.load_partition), 2, EXPORT)
+    for server_round in (1, 2):
+        messages = strategy.configure_train(server_round, ArrayRecord(setup.model_fn().state_dict()),
+                                            ConfigRecord({"lr": 0.1}), grid)
+        assert [m.metadata.dst_node_id for m in messages if m.content["config"].get(CAPTURE_KEY)] == [101]
 
 
 # ------------------------------------------------------------------ a full audited run
@@ -223,13 +237,32 @@ def test_audit_does_not_change_aggregation(setup, small_semsim, inner: str) -> N
     assert audited.train_metrics_clientapp == plain.train_metrics_clientapp
 
 
-def test_originals_never_reach_the_inner_strategy_or_the_attack(setup, small_semsim) -> None:
+def _carried_bytes(message: Message) -> bytes:
+    """Every byte a message carries: its arrays and the bytes values of its config records."""
+    chunks = [array.numpy().tobytes() for record in message.content.array_records.values()
+              for array in record.values()]
+    chunks += [value for record in message.content.config_records.values() for value in record.values()
+               if isinstance(value, bytes)]
+    return b"".join(chunks)
+
+
+def test_originals_never_reach_the_server_the_inner_strategy_or_the_attack(setup, small_semsim) -> None:
     inner, attack = SpyStrategy(), SpyAttack()
     strategy = _audited(setup, small_semsim, inner=inner, executor=InlineExecutor(attack_fn=attack))
-    _, grid = _run(strategy, setup, rounds=1)
-    # The clients did send their originals...
+    _, grid = _run(strategy, setup, rounds=1, run_config={})
+    # The clients sent their audit records and scores, and the audits were scored...
     assert sum(RECORD_KEY in reply.content for reply in grid.replies if reply.has_content()) == 2
-    # ...but the inner strategy saw replies without any audit record,
+    clients = strategy.report.rounds[0].clients
+    assert all(c.status == "ok" and c.scored_on == "client" and c.scores for c in clients)
+    # ...but no message the server received carries an original, in the model's space or in pixels,
+    originals = [image for partition in setup.partitions for image, _ in partition]
+    rows = [t.contiguous().numpy().tobytes()[:128] for image in originals
+            for t in (image, setup.spec.denormalize(image).clamp(0, 1))]
+    received = b"".join(_carried_bytes(reply) for reply in grid.replies if reply.has_content())
+    assert received and not any(row in received for row in rows)
+    # and once scored, the clients dropped them too.
+    assert not [key for context in grid.contexts.values() for key in context.state.keys()]
+    # the inner strategy saw replies without any audit record,
     assert inner.seen and all(not any(k.startswith("audit.") for k in r.content) for r in inner.seen)
     # and the attack got observations only: no tensor shaped like an image batch, no labels.
     image_shape = tuple(setup.spec.shape)
@@ -296,12 +329,33 @@ def test_malformed_reply_is_skipped_with_a_reason(setup, small_semsim, kind: str
     assert by_node[101].status == "ok"
 
 
-def test_client_without_audit_mod_or_export_is_skipped_with_a_reason(setup, small_semsim) -> None:
+def test_the_originals_check_sees_originals_a_client_chose_to_export(setup, small_semsim) -> None:
+    """The check above can fail: with the client's export opt-in, its exported originals show."""
     strategy = _audited(setup, small_semsim)
+    _, grid = _run(strategy, setup, rounds=1, run_config=EXPORT)
+    rows = [setup.spec.denormalize(image).clamp(0, 1).contiguous().numpy().tobytes()[:128]
+            for partition in setup.partitions for image, _ in partition]
+    received = b"".join(_carried_bytes(reply) for reply in grid.replies if reply.has_content())
+    assert any(row in received for row in rows)
+
+
+def test_without_export_only_reconstructions_are_saved(setup, small_semsim, tmp_path: Path) -> None:
+    strategy = _audited(setup, small_semsim, audit=_audit(out_dir=tmp_path, save_images=True))
     _run(strategy, setup, rounds=1, run_config={})
-    reasons = [c.reason for c in strategy.report.rounds[0].clients]
-    assert all(c.status == "skipped" for c in strategy.report.rounds[0].clients)
-    assert all("audit-export-originals" in r for r in reasons)
+    scores = [s for c in strategy.report.rounds[0].clients for s in c.scores]
+    assert scores and all(s.original_image is None for s in scores)
+    assert all((tmp_path / s.reconstruction_image).is_file() for s in scores)
+    assert not list(tmp_path.rglob("original-*.png"))
+
+
+def test_client_without_audit_mod_is_skipped_naming_the_fix(setup, small_semsim) -> None:
+    strategy = _audited(setup, small_semsim)
+    random.seed(0)
+    grid = LocalGrid(make_client_app(setup.model_fn, setup.load_partition, audit=False), 2)
+    strategy.start(grid=grid, initial_arrays=ArrayRecord(setup.model_fn().state_dict()), num_rounds=1,
+                   train_config=ConfigRecord({"lr": 0.1}))
+    clients = strategy.report.rounds[0].clients
+    assert all(c.status == "skipped" and "AuditedClientApp" in c.reason for c in clients)
 
 
 def test_missing_learning_rate_is_skipped_with_a_reason(setup, small_semsim) -> None:
@@ -386,3 +440,195 @@ def test_client_side_dp_clipping_is_what_the_audit_sees(setup, small_semsim) -> 
     assert len(norms) == 2 and max(norms) <= CLIP * 1.001
 
 
+
+
+# ------------------------------------------------------------------ scoring on the client, two ways
+
+
+def _template_run(strategy: Strategy, setup, kind: str, *, rounds: int = 2, epochs: int = 1) -> Any:
+    random.seed(0)
+    grid = LocalGrid(TemplateClient(setup).app(kind), 2, {"local-epochs": epochs})
+    return strategy.start(grid=grid, initial_arrays=ArrayRecord(setup.model_fn().state_dict()),
+                          num_rounds=rounds, train_config=ConfigRecord({"lr": 0.1}))
+
+
+def test_mod_only_app_with_federated_evaluation_gets_every_round_scored(setup, small_semsim) -> None:
+    inner = FedAvg(fraction_evaluate=1.0, min_evaluate_nodes=2)
+    strategy = _audited(setup, small_semsim, inner=inner, audit=_audit(local_epochs=1, local_batch_size=2))
+    _template_run(strategy, setup, "mod")
+    for record in strategy.report.rounds:
+        assert record.status == "ok" and record.leakage_rate is not None, record.clients
+        for client in record.clients:
+            assert client.scored_on == "client" and client.scores
+            # The template's training (one epoch of 2 batches of 2), declared through the run config.
+            assert (client.local_steps, client.batch_size, client.note) == (2, 2, None)
+
+
+def test_mod_only_app_is_scored_on_its_next_train_message_and_the_last_round_names_the_fix(
+        setup, small_semsim) -> None:
+    strategy = _audited(setup, small_semsim, audit=_audit(local_epochs=1, local_batch_size=2))
+    _template_run(strategy, setup, "mod")
+    first, last = strategy.report.rounds
+    assert first.status == "ok" and all(c.scored_on == "client" for c in first.clients)
+    assert last.status == "failed"
+    assert all("no scoring handler" in c.reason and "AuditedClientApp" in c.reason for c in last.clients)
+
+
+# ------------------------------------------------------------------ attacking the training the client ran
+
+
+def test_template_app_is_attacked_as_it_trained(setup, small_semsim) -> None:
+    strategy = _audited(setup, small_semsim, audit=_audit(local_epochs=2, local_batch_size=2))
+    _template_run(strategy, setup, "audited", rounds=1, epochs=2)
+    for client in strategy.report.rounds[0].clients:
+        assert (client.status, client.local_steps, client.batch_size, client.num_images) == ("ok", 4, 2, 4)
+        assert client.note is None
+
+
+def test_training_other_than_declared_is_attacked_as_observed_and_named(setup, small_semsim) -> None:
+    strategy = _audited(setup, small_semsim, audit=_audit(local_epochs=1, local_batch_size=2))
+    _template_run(strategy, setup, "audited", rounds=1, epochs=2)
+    for client in strategy.report.rounds[0].clients:
+        assert (client.status, client.local_steps) == ("ok", 4)
+        assert "local steps: declared 2" in client.note and "observed 4" in client.note
+
+
+def test_declared_training_mode_skips_a_mismatch_naming_it(setup, small_semsim) -> None:
+    audit = _audit(local_epochs=1, local_batch_size=2, training="declared")
+    strategy = _audited(setup, small_semsim, audit=audit)
+    _template_run(strategy, setup, "audited", rounds=1, epochs=2)
+    for client in strategy.report.rounds[0].clients:
+        assert client.status == "skipped"
+        assert "trained otherwise than declared" in client.reason and "observed 4" in client.reason
+
+
+@pytest.mark.parametrize(("config", "audit", "expected"), [
+    ({"local-steps": 3, "batch-size": 2}, {}, (3, 2, None)),  # declared in the train config, as observed
+    ({}, {"local_steps": 3, "local_batch_size": 2}, (3, 2, None)),  # declared in the run config
+    ({}, {"local_epochs": 1, "local_batch_size": 2}, (3, 2, None)),  # 1 epoch x ceil(5 / 2) batches
+    ({}, {}, (3, 2, "declares no local steps and no batch size")),
+    ({"local-steps": 1}, {}, (3, 2, "local steps: declared 1 (train config 'local-steps'), observed 3")),
+    ({"local-steps": 1}, {"training": "declared"}, "declares no batch size"),
+])
+def test_attacked_training(config: dict, audit: dict, expected: Any) -> None:
+    from semsim_audit.strategies.protocol import AuditRecord
+    from semsim_audit.strategies.replies import attacked_training
+
+    record = AuditRecord(1, local_steps=3, batch_size=2, distinct_images=5, kept_images=5,
+                         scoring_handler=True)
+    got = attacked_training(record, config, AuditConfig(**audit), num_examples=5)
+    if isinstance(expected, str) or isinstance(expected[2], str):
+        text = expected if isinstance(expected, str) else expected[2]
+        assert text in (got if isinstance(got, str) else got[2])
+    else:
+        assert got == expected
+
+
+# ------------------------------------------------------------------ Flower's conventions
+
+
+def test_audit_numbers_reach_flowers_result_and_log(setup, small_semsim, caplog) -> None:
+    strategy = _audited(setup, small_semsim)
+    with caplog.at_level(logging.INFO, logger="flwr"):
+        result, _ = _run(strategy, setup, rounds=2,
+                         evaluate_fn=lambda r, arrays: MetricRecord({"accuracy": 0.5, "loss": 1.0}))
+    for server_round in (1, 2):
+        metrics = result.evaluate_metrics_serverapp[server_round]
+        record = strategy.report.rounds[server_round - 1]
+        assert metrics["accuracy"] == 0.5 and metrics["audit.clients"] == 2
+        assert metrics["audit.leakage-rate"] == record.leakage_rate
+        assert metrics["audit.leakage-low"] <= record.leakage_rate <= metrics["audit.leakage-high"]
+        assert metrics["audit.mean-semsim"] == pytest.approx(record.mean_semsim)
+    assert "Privacy audit, round 2: leakage rate" in caplog.text
+
+
+def test_out_dir_alone_writes_the_run_folder(setup, small_semsim, tmp_path: Path) -> None:
+    strategy = _audited(setup, small_semsim, audit=_audit(out_dir=tmp_path))
+    _run(strategy, setup, rounds=1)
+    for name in ("report.jsonl", "report.json", "rounds.csv", "report.html"):
+        assert (tmp_path / name).is_file(), name
+
+
+# ------------------------------------------------------------------ nothing the audit does stops the run
+
+
+class RaisingSink:
+    """A report sink that lost its connection."""
+
+    def start(self, report: Any) -> None:
+        raise ConnectionError("logger unreachable")
+
+    def write_round(self, record: Any) -> None:
+        raise ConnectionError("logger unreachable")
+
+    def close(self, report: Any) -> None:
+        raise ConnectionError("logger unreachable")
+
+
+def test_a_raising_sink_is_recorded_and_the_run_goes_on(setup, small_semsim, tmp_path: Path) -> None:
+    strategy = _audited(setup, small_semsim, audit=_audit(out_dir=tmp_path), sinks=[RaisingSink()])
+    result, _ = _run(strategy, setup, rounds=2)
+    assert len(result.train_metrics_clientapp) == 2
+    assert [r.status for r in strategy.report.rounds] == ["ok", "ok"]
+    assert all("RaisingSink" in r.errors[0] and "logger unreachable" in r.errors[0]
+               for r in strategy.report.rounds)
+    assert len(strategy.report.errors) == 2  # start and close
+    assert [r.round for r in read_jsonl(tmp_path / "report.jsonl").rounds] == [1, 2]  # the journal still
+
+
+def _on_scoring(transform):
+    """An outermost client mod that handles scoring queries its own way."""
+
+    def mod(msg: Message, context: Context, call_next: Any) -> Message:
+        reply = call_next(msg, context) if msg.metadata.message_type != SCORING_MESSAGE_TYPE else None
+        return reply if reply is not None else transform(msg, context, call_next)
+
+    return mod
+
+
+def test_a_hanging_scorer_times_out_and_the_run_goes_on(setup, small_semsim) -> None:
+    release = threading.Event()
+
+    def hang(msg: Message, context: Context, call_next: Any) -> Message:
+        release.wait(30)
+        return call_next(msg, context)
+
+    strategy = _audited(setup, small_semsim, audit=_audit(scoring_timeout=0.5))
+    app = make_client_app(setup.model_fn, setup.load_partition, mods=[_on_scoring(hang), audit_mod])
+    try:
+        result = strategy.start(grid=LocalGrid(app, 2), num_rounds=2, train_config=ConfigRecord({"lr": 0.1}),
+                                initial_arrays=ArrayRecord(setup.model_fn().state_dict()))
+    finally:
+        release.set()
+    assert len(result.train_metrics_clientapp) == 2
+    for record in strategy.report.rounds:
+        assert all(c.status == "failed" and "within 0.5 s" in c.reason for c in record.clients)
+
+
+def test_a_garbage_scoring_answer_fails_the_audit_and_the_run_goes_on(setup, small_semsim) -> None:
+    def garbage(msg: Message, context: Context, call_next: Any) -> Message:
+        reply = call_next(msg, context)
+        for key in [k for k in reply.content.keys() if k.startswith("audit.scores.")]:
+            reply.content[key] = ConfigRecord({"audit-id": 1, "status": "ok", "scores": "{not json"})
+        return reply
+
+    strategy = _audited(setup, small_semsim)
+    app = make_client_app(setup.model_fn, setup.load_partition, mods=[_on_scoring(garbage), audit_mod])
+    result = strategy.start(grid=LocalGrid(app, 2), initial_arrays=ArrayRecord(setup.model_fn().state_dict()),
+                            num_rounds=2, train_config=ConfigRecord({"lr": 0.1}))
+    assert len(result.train_metrics_clientapp) == 2
+    for record in strategy.report.rounds:
+        assert all(c.status == "failed" and "malformed scoring answer" in c.reason for c in record.clients)
+
+
+def test_a_failing_executor_is_recorded_and_the_run_goes_on(setup, small_semsim) -> None:
+    class Broken(InlineExecutor):
+        def submit(self, *args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("cluster gone")
+
+    strategy = _audited(setup, small_semsim, executor=Broken())
+    result, _ = _run(strategy, setup, rounds=2)
+    assert len(result.train_metrics_clientapp) == 2
+    for record in strategy.report.rounds:
+        assert all(c.status == "failed" and "cluster gone" in c.reason for c in record.clients)
+        assert any("cluster gone" in error for error in record.errors)

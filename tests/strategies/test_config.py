@@ -70,3 +70,34 @@ def test_attack_config_is_typed_and_dumps_only_what_the_user_set() -> None:
     # What the user did not set comes from the recipe, not from a generic default.
     resolved = config.attack_settings().resolve(ATTACKS[config.attack].settings)
     assert resolved.objective == "cosine" and resolved.iterations == 9
+
+
+def test_from_run_config_reads_kebab_keys_and_ignores_the_apps_own() -> None:
+    config = AuditConfig.from_run_config({
+        "audit-attack": "idlg", "audit-iterations": 7, "audit-every": "1,3", "audit-clients": 2,
+        "audit-training": "declared", "audit-scoring-timeout": 30.0, "local-epochs": 2, "batch-size": 32,
+        "lr": 0.05, "num-server-rounds": 5, "fraction-evaluate": 0.5, "audit-export-originals": True,
+    })
+    assert (config.attack, config.attack_config.iterations) == ("idlg", 7)
+    assert (config.every, config.clients) == ([1, 3], 2)
+    assert (config.training, config.scoring_timeout) == ("declared", 30.0)
+    assert (config.local_epochs, config.local_batch_size, config.lr) == (2, 32, 0.05)
+
+
+def test_from_run_config_overrides_win() -> None:
+    assert AuditConfig.from_run_config({"audit-clients": 2}, clients=5).clients == 5
+
+
+@pytest.mark.parametrize(("run_config", "message"), [
+    ({"audit-every": 0}, "run config 'audit-every': every must be >= 1"),
+    ({"audit-iterations": 0}, "run config 'audit-iterations'"),
+    ({"audit-clients": "a,b"}, "run config 'audit-clients': expected an int or a comma-separated list"),
+    ({"audit-training": "guess"}, "run config 'audit-training'"),
+    ({"local-epochs": 0}, "run config 'local-epochs'"),
+    ({"audit-evry": 2}, "run config 'audit-evry': unknown audit key"),
+    ({"audit-save-images": True}, "'audit-save-images'=True needs 'audit-out-dir'"),
+])
+def test_from_run_config_errors_name_the_key(run_config: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message) as error:
+        AuditConfig.from_run_config(run_config)
+    assert "\n" not in str(error.value)  # one line

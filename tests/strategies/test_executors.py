@@ -26,7 +26,7 @@ def _jobs(setup, count: int = 3) -> list[AuditJob]:
     gradients = [torch.zeros_like(p) for p in model.parameters()]
     return [AuditJob(server_round=1, node_id=node, observation=Observation.from_gradients(model, gradients,
                                                                                           setup.spec),
-                     originals=torch.rand(1, *setup.spec.shape), true_labels=torch.tensor([0]))
+                     num_images=1)
             for node in range(count)]
 
 

@@ -51,3 +51,26 @@ def test_close_fails_audits_still_running_with_the_timeout_reason() -> None:
     [record] = finished
     assert record.status == "failed"
     assert record.clients[0].reason == "audit did not finish within the 0 s timeout"
+
+
+def test_a_round_waits_for_its_clients_scores() -> None:
+    unscored = {1}
+    finished: list[RoundRecord] = []
+    book = RoundBook("idlg", finished.append, waiting=lambda server_round: server_round in unscored)
+    book[1].future = Future()
+    book[1].future.set_result([ClientAudit(node_id=7, attack="idlg", status="ok")])
+    book.evaluated_before(2)
+    book.flush()
+    assert finished == []  # attacked and evaluated, but its reconstructions are not scored yet
+    unscored.clear()
+    book.flush()
+    assert [r.round for r in finished] == [1]
+
+
+def test_machinery_errors_are_kept_on_their_round() -> None:
+    book, finished = _book()
+    book.add_error(1, "report sink X failed")
+    book.evaluated_before(2)
+    book.flush()
+    book.add_error(1, "too late: round 1 is written")
+    assert finished[0].errors == ["report sink X failed"]

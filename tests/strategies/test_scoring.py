@@ -5,10 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 import torch
 from PIL import Image
 
-from semsim_audit.scoring import label_accuracy, pair_image_paths, score_client, score_reconstructions
+from semsim_audit.scoring import (
+    judge_checkpoint,
+    label_accuracy,
+    load_judge,
+    pair_image_paths,
+    score_client,
+    score_reconstructions,
+)
 
 
 def _images(n: int = 3, seed: int = 0) -> torch.Tensor:
@@ -89,3 +97,31 @@ def test_ok_audit_has_scores_and_label_accuracy(small_semsim) -> None:
                          local_steps=1, batch_size=2)
     assert audit.status == "ok" and len(audit.scores) == 2
     assert audit.label_accuracy == 0.5 and audit.attack_loss == 0.5 and audit.batch_size == 2
+
+
+def test_pairs_name_the_reconstruction_they_matched(small_semsim) -> None:
+    originals = _images()
+    scores = score_reconstructions(originals[[1, 2, 0]], originals, true_labels=None, recovered_labels=None,
+                                   semsim=small_semsim)
+    assert [(s.original_index, s.reconstruction_index) for s in scores] == [(0, 2), (1, 0), (2, 1)]
+
+
+def test_the_judge_travels_and_judges_the_same(small_semsim) -> None:
+    sha256, checkpoint = judge_checkpoint(small_semsim)
+    assert checkpoint is not None  # not the shipped checkpoint: it must travel
+    judge = load_judge(sha256, checkpoint, device="cpu")
+    originals, reconstructions = _images(2), _images(2, seed=4)
+    assert judge.threshold == small_semsim.threshold
+    assert torch.allclose(judge.distance(originals, reconstructions),
+                          small_semsim.distance(originals, reconstructions), atol=1e-5)
+    with pytest.raises(ValueError, match="sha256"):
+        load_judge("0" * 64, checkpoint)
+
+
+def test_the_shipped_judge_does_not_travel() -> None:
+    from semsim_audit.semsim import SemSim
+
+    sha256, checkpoint = judge_checkpoint(SemSim.load(device="cpu"))
+    assert checkpoint is None and load_judge(sha256, None, device="cpu").metadata.sha256 == sha256
+    with pytest.raises(ValueError, match="not sent"):
+        load_judge("f" * 64, None)

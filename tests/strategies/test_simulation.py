@@ -11,9 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from flwr.app import Context, Message
 
 from semsim_audit.config import AuditConfig
+from semsim_audit.core import DataSpec
+from semsim_audit.models import model_for
 from semsim_audit.report import read_jsonl
 from semsim_audit.strategies import run_audited_simulation
 
@@ -28,8 +31,31 @@ class ProbeMod:
         return call_next(msg, context)
 
 
+class UserModel:
+    """A user's own model_fn (picklable: Ray ships it to the clients)."""
+
+    def __init__(self, spec: DataSpec) -> None:
+        self.spec = spec
+
+    def __call__(self) -> torch.nn.Module:
+        return model_for("lenet", self.spec)
+
+
+class UserDataset(torch.utils.data.Dataset):
+    """Any map-style dataset of (image, label); its spec comes as data_spec=."""
+
+    def __init__(self, photos: Any, count: int) -> None:
+        self.items = [photos[i] for i in range(count)]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.items[index]
+
+
 @pytest.mark.slow
-def test_audited_simulation_with_flower_simulation_engine(tmp_path: Path) -> None:
+def test_audited_simulation_with_flower_simulation_engine(tmp_path: Path, photos: Any) -> None:
     lines: list[str] = []
 
     class Collect:
@@ -44,7 +70,9 @@ def test_audited_simulation_with_flower_simulation_engine(tmp_path: Path) -> Non
 
     audit = AuditConfig(attack="idlg", attack_config={"iterations": 5}, clients=1, executor="ray",
                         out_dir=tmp_path / "run", save_images=True)
-    report = run_audited_simulation(model="lenet", num_clients=2, rounds=2, samples_per_client=4, lr=0.1,
+    report = run_audited_simulation(dataset=UserDataset(photos, 16), data_spec=photos.spec,
+                                    test_dataset=UserDataset(photos, 8), model=UserModel(photos.spec),
+                                    num_clients=2, rounds=2, samples_per_client=4, lr=0.1,
                                     audit=audit, sinks=[Collect()], client_mods=[ProbeMod()],
                                     run_config={"probe-dir": str(tmp_path), "defense.test": 7})
     assert [r.round for r in report.rounds] == [1, 2]
@@ -53,21 +81,58 @@ def test_audited_simulation_with_flower_simulation_engine(tmp_path: Path) -> Non
         assert record.accuracy is not None and record.loss is not None  # central evaluation
         assert [c.status for c in record.clients] == ["ok"], record.clients
         assert record.clients[0].scores and record.clients[0].label_accuracy is not None
-    assert report.config["executor"] == "ray"
+        assert record.clients[0].scored_on == "client"
+    assert report.config["executor"] == "ray" and report.config["evaluated_on"] == "test split"
     journal = read_jsonl(tmp_path / "run" / "report.jsonl")
     assert [r.round for r in journal.rounds] == [1, 2]
     assert (tmp_path / "run" / "report.json").is_file()
-    image = report.rounds[0].clients[0].scores[0].reconstruction_image
-    assert (tmp_path / "run" / image).is_file()
+    score = report.rounds[0].clients[0].scores[0]
+    # run_audited_simulation's clients opt in to exporting the originals for the report's pictures.
+    assert (tmp_path / "run" / score.reconstruction_image).is_file()
+    assert (tmp_path / "run" / score.original_image).is_file()
     # run_config reached the clients' context (the export switch and the user's entries)
     probes = sorted(p.read_text() for p in tmp_path.glob("node-*.txt"))
     assert probes == ["True|7", "True|7"]
 
 
+SPEC32 = DataSpec(shape=(3, 32, 32), num_classes=10, mean=(0.5,) * 3, std=(0.5,) * 3)
+
+
+class Tiny(torch.utils.data.Dataset):
+    """Four blank 8x8 images; ``spec`` only when given."""
+
+    def __init__(self, spec: DataSpec | None = None) -> None:
+        if spec is not None:
+            self.spec = spec
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> Any:
+        return torch.zeros(3, 8, 8), 0
+
+
+TINY_SPEC = DataSpec(shape=(3, 8, 8), num_classes=2, mean=(0.5,) * 3, std=(0.5,) * 3)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"dataset": Tiny()}, "has no `spec`"),
+    ({"dataset": Tiny(), "data_spec": SPEC32}, r"image is \(3, 8, 8\)"),
+    ({"dataset": 42}, "map-style dataset"),
+    ({"dataset": Tiny(TINY_SPEC), "model": lambda: "not a model"}, "must return a torch.nn.Module"),
+    ({"dataset": Tiny(TINY_SPEC), "model": lambda: torch.nn.Linear(1, 1), "model_options": {"width": 2}},
+     "model_options go with a model name"),
+    ({"data_spec": SPEC32}, "go with a dataset object"),
+])
+def test_bad_dataset_or_model_fails_before_ray_starts(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        run_audited_simulation(audit=AuditConfig(), **kwargs)
+
+
 CHILD = r"""
 import sys, time
 sys.path.insert(0, sys.argv[1])
-from conftest import Setup
+from audit_apps import Setup
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from semsim_audit.config import AuditConfig
 from semsim_audit.data import load_dataset

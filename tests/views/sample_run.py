@@ -26,7 +26,8 @@ def _audit(run_dir: Path, round_number: int, node_id: int, rng: np.random.Genera
         _save_png(run_dir / reconstruction, rng, channels)
         semsim = float(rng.uniform(0.2, 1.4))
         scores.append(ReconstructionScore(
-            original_index=index, semsim=semsim, recognizable=semsim < 0.8, psnr=float(rng.uniform(9, 25)),
+            original_index=index, semsim=semsim, recognizable=semsim < 0.8,
+            borderline=BAND[0] <= semsim <= BAND[1], psnr=float(rng.uniform(9, 25)),
             ssim=float(rng.uniform(0, 0.8)), true_label=index, recovered_label=index,
             original_image=original.as_posix(), reconstruction_image=reconstruction.as_posix()))
     return ClientAudit(node_id=node_id, attack="inverting-gradients", status="ok", seconds=1.5,
@@ -34,10 +35,17 @@ def _audit(run_dir: Path, round_number: int, node_id: int, rng: np.random.Genera
                        scores=scores)
 
 
+# The judge of the sample run: its threshold, borderline band and calibration record (SemSim.info).
+BAND = (0.7, 0.95)
+SEMSIM_INFO = {"annotator": "proxy", "threshold": 0.8, "borderline_band": list(BAND),
+               "calibration": {"set": "123 validation identities (10% held out of training, seed 7)",
+                               "balanced_accuracy": 0.876}}
+
+
 def make_run(run_dir: Path, rounds: int = 3, channels: int = 3) -> PrivacyReport:
     """Write report.jsonl and the images of a 3-round run: two audited clients a round, one failure."""
     rng = np.random.default_rng(0)
-    report = PrivacyReport(run_id="sample", semsim={"annotator": "proxy", "threshold": 0.8},
+    report = PrivacyReport(run_id="sample", semsim=SEMSIM_INFO,
                            config={"dataset": "photos", "rounds": rounds})
     journal = JsonlSink(run_dir / "report.jsonl")
     journal.start(report)

@@ -14,7 +14,7 @@ import pytest
 from rich.console import Console
 from sample_run import make_run
 
-from semsim_audit.report import PrivacyReport, RoundRecord, read_jsonl
+from semsim_audit.report import LogSink, PrivacyReport, RoundRecord, read_jsonl
 from semsim_audit.views import (
     ConsoleSink,
     RunFolderSink,
@@ -197,3 +197,46 @@ def test_image_paths_outside_the_run_folder_are_never_read(sample_run: tuple[Pri
     html = files.html.read_text()
     assert data_uri(secret) not in html
     assert html.count("not saved") == 2
+
+
+def test_every_view_shows_the_leakage_interval_the_borderline_count_and_the_calibration(
+        sample_run: tuple[PrivacyReport, Path]) -> None:
+    report, run_dir = sample_run
+    files = render_run(report, run_dir)
+    for record in report.rounds:
+        assert record.leakage_low is not None and record.leakage_high is not None
+        assert record.leakage_low <= record.leakage_rate <= record.leakage_high
+        assert record.borderline == sum(bool(s.borderline) for c in record.clients for s in c.scores)
+    first = max(report.rounds, key=lambda r: r.borderline or 0)
+    assert first.borderline
+    interval = f"{100 * first.leakage_low:.0f}-{100 * first.leakage_high:.0f}"
+
+    console = _text(rounds_table(report), width=160)
+    row = next(line for line in console.splitlines() if line.strip().startswith(f"{first.round} "))
+    assert f"({interval})" in row and f" {first.borderline} " in row
+    panel = io.StringIO()
+    render_report(report, Console(file=panel, width=160, color_system=None))
+    for text in (panel.getvalue(), files.html.read_text()):
+        assert "calibrated on 123 validation identities" in text and "balanced accuracy 0.88" in text
+        assert "borderline band 0.700-0.950" in text
+
+    html = files.html.read_text()
+    assert f"{interval}" in html and "(borderline)" in html
+
+    saved = json.loads(files.report_json.read_text())["rounds"][first.round - 1]
+    assert (saved["leakage_low"], saved["leakage_high"], saved["borderline"]) == (
+        first.leakage_low, first.leakage_high, first.borderline)
+    assert saved["clients"][0]["scores"][0]["borderline"] is not None
+
+    with files.rounds_csv.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    row_of_round = rows[first.round - 1]
+    assert float(row_of_round["leakage_low"]) == pytest.approx(first.leakage_low)
+    assert float(row_of_round["leakage_high"]) == pytest.approx(first.leakage_high)
+    assert int(row_of_round["borderline"]) == first.borderline
+
+    lines: list[str] = []
+    sink = LogSink(lines.append)
+    sink.write_round(first)
+    assert f"leakage_95ci=[{first.leakage_low:.2f}, {first.leakage_high:.2f}]" in lines[0]
+    assert f"borderline={first.borderline}" in lines[0]

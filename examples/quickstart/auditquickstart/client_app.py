@@ -1,15 +1,15 @@
-"""ClientApp: plain local training, with ``audit_mod`` so the server can score what it attacks."""
+"""ClientApp: plain local training in an ``AuditedClientApp``, so the audit is scored here, on the client."""
 
 from __future__ import annotations
 
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
-from flwr.clientapp import ClientApp
 
 from auditquickstart.task import client_shard, make_model, train
-from semsim_audit.strategies import audit_mod
+from semsim_audit.strategies import AuditedClientApp
 
-# audit_mod first: the outermost mod, so it sees the reply exactly as it leaves the client.
-app = ClientApp(mods=[audit_mod])
+# Flower's ClientApp with audit_mod first and the scoring handler registered: the server's
+# reconstructions come back here and are scored against this client's images, which never leave it.
+app = AuditedClientApp()
 
 
 @app.train()

@@ -11,25 +11,22 @@ from auditquickstart.task import dataset, evaluate, make_model
 from semsim_audit import AuditConfig
 from semsim_audit.report import LogSink
 from semsim_audit.strategies import AuditedFedAvg
-from semsim_audit.views import RunFolderSink, new_run_dir
+from semsim_audit.views import new_run_dir
 
 app = ServerApp()
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Run FedAvg for ``num-server-rounds`` rounds, attacking ``audited-clients`` clients a round."""
+    """Run FedAvg for ``num-server-rounds`` rounds, attacking ``audit-clients`` clients a round."""
     config = context.run_config
     model_name = str(config["model"])
     run_dir = new_run_dir(Path(str(config["out-dir"])).expanduser().resolve())
-    audit = AuditConfig(attack=str(config["attack"]),
-                        attack_config={"iterations": int(config["attack-iterations"])},
-                        clients=int(config["audited-clients"]), out_dir=run_dir,
-                        save_images=bool(config["save-images"]))
-    views = RunFolderSink(run_dir)
+    # The audit-* keys (and lr, local-steps, batch-size) of the run config; the run folder is this run's.
+    audit = AuditConfig.from_run_config(config, out_dir=run_dir)
     # Logs go to `flwr log` / `flwr run --stream`, so one plain line per round, not a live table.
     strategy = AuditedFedAvg(model_fn=lambda: make_model(model_name), data_spec=dataset().spec, audit=audit,
-                             sinks=[LogSink(), views], fraction_train=1.0, fraction_evaluate=0.0)
+                             sinks=[LogSink()], fraction_train=1.0, fraction_evaluate=0.0)
 
     def central_evaluation(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         model = make_model(model_name)
@@ -43,4 +40,4 @@ def main(grid: Grid, context: Context) -> None:
                                               "local-steps": int(config["local-steps"]),
                                               "batch-size": int(config["batch-size"])}),
                    evaluate_fn=central_evaluation)
-    print(f"[audit] report: {views.files.html if views.files else run_dir}")
+    print(f"[audit] report: {run_dir / 'report.html'}")
