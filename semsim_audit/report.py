@@ -222,7 +222,11 @@ class PrivacyReport(BaseModel):
 
 
 class ReportSink(Protocol):
-    """Receives the run header once, then each finished round, then the final report."""
+    """Receives the run header once, then each finished round, then the final report.
+
+    A sink may also define ``attack_progress(server_round, done, total)``: it then hears how far
+    the round's attack is (iterations done of all), from the thread that runs the attack.
+    """
 
     def start(self, report: PrivacyReport) -> None: ...
 
@@ -268,6 +272,17 @@ class SinkFanout:
                 sink.close(report)
             except Exception as error:
                 report.errors.append(self._failed(sink, "close", error))
+
+    def attack_progress(self, server_round: int, done: int, total: int) -> None:
+        """Tell the sinks that follow attacks how far round ``server_round``'s attack is."""
+        for sink in self.sinks:
+            follow = getattr(sink, "attack_progress", None)
+            if follow is None:
+                continue
+            try:
+                follow(server_round, done, total)
+            except Exception as error:  # progress is cosmetic: never worth stopping an attack for
+                self._failed(sink, f"round {server_round} progress", error)
 
 
 class JsonlSink:

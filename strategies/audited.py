@@ -418,7 +418,9 @@ class AuditedStrategy(Strategy):
         if not jobs:
             return
         try:
-            state.future = self.executor.submit(jobs, self.audit.attack, self.attack_config, self._attacked)
+            state.future = self.executor.submit(
+                jobs, self.audit.attack, self.attack_config, self._attacked,
+                progress=lambda done, total: self.sinks.attack_progress(server_round, done, total))
         except Exception as error:
             state.audits.extend(ClientAudit(node_id=job.node_id, attack=self.audit.attack, status="failed",
                                             reason=f"executor failed: {type(error).__name__}: {error}",

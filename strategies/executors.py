@@ -28,7 +28,11 @@ __all__ = [
 ]
 
 ScoreFn = Callable[["AuditJob", Any], ClientAudit]
-AttackFn = Callable[[str, list[Any], Any], list[Any]]
+# run_attacks' shape: (attack, observations, config); called with a ``progress=`` keyword too when the
+# executor was handed a progress callback.
+AttackFn = Callable[..., list[Any]]
+# progress(iterations done, iterations in all) over all of one round's attack calls.
+ProgressFn = Callable[[int, int], None]
 
 
 @dataclass
@@ -66,17 +70,29 @@ def _describe(error: BaseException) -> str:
 
 def run_jobs(jobs: Sequence[AuditJob], attack: str, config: Any, score: ScoreFn, *,
              batch: bool = True, attack_fn: AttackFn | None = None,
-             results_for: Callable[[list[int]], list[Any]] | None = None) -> list[ClientAudit]:
+             results_for: Callable[[list[int]], list[Any]] | None = None,
+             progress: ProgressFn | None = None) -> list[ClientAudit]:
     """Attack and score ``jobs``; every job gets a ClientAudit, failed ones with a reason.
 
     ``results_for`` replaces the local attack call (the Ray executor fetches remote results).
+    ``progress(done, total)`` hears the attack's iterations, summed over the groups (each group
+    counts as one share of the total; a group retried job by job starts its share again).
     """
     attack_fn = attack_fn or run_attacks
+    shares = {"done": 0, "count": 1}
 
     def attack_group(group: list[int]) -> list[Any]:
         if results_for is not None:
             return results_for(group)
-        return list(attack_fn(attack, [jobs[i].observation for i in group], config))
+        observations = [jobs[i].observation for i in group]
+        if progress is None:
+            return list(attack_fn(attack, observations, config))
+        before = shares["done"]
+
+        def share(done: int, total: int) -> None:
+            progress(before * total + done, shares["count"] * total)
+
+        return list(attack_fn(attack, observations, config, progress=share))
 
     audits: list[ClientAudit | None] = [None] * len(jobs)
     if results_for is not None:  # the caller already grouped these jobs into one call
@@ -86,7 +102,9 @@ def run_jobs(jobs: Sequence[AuditJob], attack: str, config: Any, score: ScoreFn,
             groups = group_jobs(jobs, batch)
         except Exception:  # grouping is an optimisation: fall back to one job per call
             groups = [[i] for i in range(len(jobs))]
-    for group in groups:
+    shares["count"] = len(groups)
+    for number, group in enumerate(groups):
+        shares["done"] = number
         started = time.perf_counter()
         try:
             results = attack_group(group)
@@ -128,8 +146,11 @@ class Executor(ABC):
 
     @abstractmethod
     def submit(self, jobs: Sequence[AuditJob], attack: str, config: Any,
-               score: ScoreFn) -> Future[list[ClientAudit]]:
-        """Start the round's audits; the Future completes with one ClientAudit per job."""
+               score: ScoreFn, progress: ProgressFn | None = None) -> Future[list[ClientAudit]]:
+        """Start the round's audits; the Future completes with one ClientAudit per job.
+
+        ``progress(done, total)``, when given, hears the attack's iterations as they go (local
+        executors; Ray tasks report only when they finish)."""
 
     @abstractmethod
     def shutdown(self, wait: bool = True) -> None:
@@ -145,11 +166,11 @@ class InlineExecutor(Executor):
         """Nothing to release: every job ran when it was submitted."""
 
     def submit(self, jobs: Sequence[AuditJob], attack: str, config: Any,
-               score: ScoreFn) -> Future[list[ClientAudit]]:
+               score: ScoreFn, progress: ProgressFn | None = None) -> Future[list[ClientAudit]]:
         future: Future[list[ClientAudit]] = Future()
         try:
             future.set_result(run_jobs(jobs, attack, config, score, batch=self.batch,
-                                       attack_fn=self.attack_fn))
+                                       attack_fn=self.attack_fn, progress=progress))
         except BaseException as error:  # surfaced by the wrapper as failed audits
             future.set_exception(error)
         return future
@@ -172,19 +193,21 @@ class ThreadExecutor(Executor):
         self._stream: Any = None
 
     def _work(self, jobs: Sequence[AuditJob], attack: str, config: Any,
-              score: ScoreFn) -> list[ClientAudit]:
+              score: ScoreFn, progress: ProgressFn | None) -> list[ClientAudit]:
         if self.device.type != "cuda":
-            return run_jobs(jobs, attack, config, score, batch=self.batch, attack_fn=self.attack_fn)
+            return run_jobs(jobs, attack, config, score, batch=self.batch, attack_fn=self.attack_fn,
+                            progress=progress)
         if self._stream is None:
             self._stream = torch.cuda.Stream(device=self.device)
         with torch.cuda.stream(self._stream):
-            audits = run_jobs(jobs, attack, config, score, batch=self.batch, attack_fn=self.attack_fn)
+            audits = run_jobs(jobs, attack, config, score, batch=self.batch, attack_fn=self.attack_fn,
+                              progress=progress)
         self._stream.synchronize()
         return audits
 
     def submit(self, jobs: Sequence[AuditJob], attack: str, config: Any,
-               score: ScoreFn) -> Future[list[ClientAudit]]:
-        return self._pool.submit(self._work, list(jobs), attack, config, score)
+               score: ScoreFn, progress: ProgressFn | None = None) -> Future[list[ClientAudit]]:
+        return self._pool.submit(self._work, list(jobs), attack, config, score, progress)
 
     def shutdown(self, wait: bool = True) -> None:
         self._pool.shutdown(wait=wait, cancel_futures=not wait)
@@ -223,7 +246,7 @@ class RayExecutor(Executor):
         return ray
 
     def submit(self, jobs: Sequence[AuditJob], attack: str, config: Any,
-               score: ScoreFn) -> Future[list[ClientAudit]]:
+               score: ScoreFn, progress: ProgressFn | None = None) -> Future[list[ClientAudit]]:
         ray = self.connect()
         jobs = list(jobs)
         try:
@@ -236,12 +259,16 @@ class RayExecutor(Executor):
 
         def collect() -> list[ClientAudit]:
             audits: list[ClientAudit] = [None] * len(jobs)  # type: ignore[list-item]
+            finished = 0
             for group, ref in refs.items():
                 subset = [jobs[i] for i in group]
                 done = run_jobs(subset, attack, config, score,
                                 results_for=lambda _idx, ref=ref: list(ray.get(ref)))
                 for index, audit in zip(group, done, strict=True):
                     audits[index] = audit
+                finished += len(group)
+                if progress is not None:  # a Ray task reports when it is done, not as it goes
+                    progress(finished, len(jobs))
             return audits
 
         return self._pool.submit(collect)

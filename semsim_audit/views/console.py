@@ -223,6 +223,8 @@ class ConsoleSink:
             SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
             TimeElapsedColumn(), console=self.console)
         self._task = self._progress.add_task("waiting", total=total_rounds)
+        # The running attack's iterations (a round's audits may still run while the next trains).
+        self._attack_task = self._progress.add_task("attack", total=None, visible=False)
         self._live: Live | None = None
         self._lines = LogSink(lambda line: self.console.print(line, highlight=False, markup=False,
                                                               soft_wrap=True))
@@ -271,6 +273,13 @@ class ConsoleSink:
         self._live = Live(self._view(), console=self.console, refresh_per_second=4,
                           redirect_stdout=True, redirect_stderr=True)
         self._live.start()
+
+    def attack_progress(self, server_round: int, done: int, total: int) -> None:
+        """Move the attack bar: ``done`` of ``total`` iterations of round ``server_round``'s attack."""
+        if self._live is None:
+            return
+        self._progress.update(self._attack_task, completed=done, total=total, visible=done < total,
+                              description=f"round {server_round}: attack iterations")
 
     def write_round(self, record: RoundRecord) -> None:
         self.report.add_round(record)

@@ -130,3 +130,28 @@ def test_thread_executor_attacks_on_its_own_cuda_stream(setup) -> None:
 def test_unknown_executor_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown executor 'grid'"):
         make_executor("grid")
+
+
+def test_progress_counts_every_groups_iterations_in_one_total(setup) -> None:
+    heard: list[tuple[int, int]] = []
+
+    def attack(name: str, observations: list[Any], config: Any, progress: Any = None) -> list[Any]:
+        for done in range(1, 11):
+            progress(done, 10)
+        return [_result() for _ in observations]
+
+    run_jobs(_jobs(setup), "idlg", None, _score, batch=False, attack_fn=attack,
+             progress=lambda done, total: heard.append((done, total)))
+    assert {total for _, total in heard} == {30}  # three groups of ten iterations
+    assert [done for done, _ in heard] == list(range(1, 31))
+
+
+def test_the_real_attack_reports_progress_through_an_executor(setup) -> None:
+    from semsim_audit.attacks import AttackConfig
+
+    heard: list[tuple[int, int]] = []
+    future = InlineExecutor().submit(_jobs(setup, 2), "inverting-gradients", AttackConfig(iterations=20),
+                                     _score, progress=lambda done, total: heard.append((done, total)))
+    assert len(future.result()) == 2
+    assert heard and heard[-1] == (20, 20) and len(heard) > 1
+    assert all(a[0] <= b[0] for a, b in zip(heard, heard[1:], strict=False))

@@ -14,7 +14,7 @@ import pytest
 from rich.console import Console
 from sample_run import make_run
 
-from semsim_audit.report import LogSink, PrivacyReport, RoundRecord, read_jsonl
+from semsim_audit.report import LogSink, PrivacyReport, RoundRecord, SinkFanout, read_jsonl
 from semsim_audit.views import (
     ConsoleSink,
     RunFolderSink,
@@ -72,6 +72,30 @@ def test_console_sink_ends_with_the_same_table_and_the_closing_panel(
     assert "round 2, client 22: attack diverged (NaN loss)" in final
     if not terminal:  # a log gets one line per round as it finishes
         assert output.count("[audit] round ") == 3
+
+
+def test_console_sink_moves_an_attack_bar_while_a_round_is_attacked(
+        sample_run: tuple[PrivacyReport, Path]) -> None:
+    report, _ = sample_run
+    console = Console(file=io.StringIO(), width=120, color_system=None, force_terminal=True)
+    sink = ConsoleSink(console, total_rounds=3)
+    sink.start(report.model_copy(update={"rounds": []}))
+    fanout = SinkFanout([sink, LogSink(lambda line: None)])  # a sink without the hook is skipped
+    fanout.attack_progress(1, 150, 600)
+    sink._live.refresh()  # type: ignore[union-attr]
+    during = console.file.getvalue()  # type: ignore[attr-defined]
+    fanout.attack_progress(1, 600, 600)
+    sink.close(report)
+
+    assert "round 1: attack iterations" in during and "150/600" in during
+
+
+def test_a_raising_progress_hook_does_not_reach_the_attack() -> None:
+    class Broken:
+        def attack_progress(self, server_round: int, done: int, total: int) -> None:
+            raise OSError("terminal gone")
+
+    SinkFanout([Broken()]).attack_progress(2, 1, 10)  # logged, not raised
 
 
 def test_console_sink_prints_flower_warnings_through_its_console_and_restores_logging(
