@@ -207,6 +207,12 @@ class PrivacyReport(BaseModel):
 
     def header(self) -> dict[str, Any]:
         """Everything but the rounds: the first line of the JSONL journal."""
+    # The folder read_jsonl read the journal from: the image paths are relative to it.
+    _run_dir: Path | None = PrivateAttr(default=None)
+
+    def machinery_errors(self) -> list[str]:
+        """Failures of the audit machinery (sinks, executors), round by round, then the run's own."""
+        return [f"round {r.round}: {error}" for r in self.rounds for error in r.errors] + list(self.errors)
         return self.model_dump(mode="json", exclude={"rounds"})
 
     def add_round(self, record: RoundRecord) -> None:

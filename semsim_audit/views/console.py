@@ -146,6 +146,22 @@ def _failure_reasons(report: PrivacyReport) -> list[str]:
             for r in report.rounds for c in r.clients if c.status == "failed"]
 
 
+def _notes(report: PrivacyReport) -> list[str]:
+    """What an audit that ran still wants read (e.g. the training attacked differs from the declared)."""
+    return [f"round {r.round}, client {c.node_id}: {c.note}" for r in report.rounds for c in r.clients
+            if c.note]
+
+
+def _listed(lines: Text, heading: str, items: list[str], style: str, shown: int = 5) -> None:
+    if not items:
+        return
+    lines.append(f"\n{heading} {len(items)}", style=f"bold {style}")
+    for item in items[:shown]:
+        lines.append(f"\n  {item}", style=style)
+    if len(items) > shown:
+        lines.append(f"\n  ... and {len(items) - shown} more", style=style)
+
+
 def summary_panel(report: PrivacyReport) -> Panel:
     """The closing panel: worst round and client, SemSim checkpoint kind, threat model, failures."""
     lines = Text()
@@ -175,13 +191,9 @@ def summary_panel(report: PrivacyReport) -> Panel:
     lines.append("\n")
     lines.append("attack        ", style="bold").append(f"{report.attack}\n")
     lines.append("threat model  ", style="bold").append(report.threat_model)
-    failures = _failure_reasons(report)
-    if failures:
-        lines.append(f"\nfailed audits {len(failures)}", style="bold red")
-        for reason in failures[:5]:
-            lines.append(f"\n  {reason}", style="red")
-        if len(failures) > 5:
-            lines.append(f"\n  ... and {len(failures) - 5} more", style="red")
+    _listed(lines, "failed audits", _failure_reasons(report), "red")
+    _listed(lines, "audit errors ", report.machinery_errors(), "red")
+    _listed(lines, "notes        ", _notes(report), "yellow")
     return Panel(lines, title=f"privacy audit {report.run_id}", title_align="left", expand=False)
 
 

@@ -128,8 +128,11 @@ def _caption(score: ReconstructionScore) -> str:
 
 
 def _client_section(run_dir: Path, round_number: int, audit: ClientAudit) -> str:
+    scored = f", scored on the {_esc(audit.scored_on)}" if audit.scored_on else ""
     title = (f"<h3>Round {round_number}, client {_esc(audit.node_id)}: {_esc(audit.attack)}, "
-             f"{_esc(audit.status)}, {audit.seconds:.1f} s, {audit.num_images} image(s)</h3>")
+             f"{_esc(audit.status)}, {audit.seconds:.1f} s, {audit.num_images} image(s){scored}</h3>")
+    if audit.note:
+        title += f"<p class='note'>{_esc(audit.note)}</p>"
     if audit.status != "ok":
         return title + f"<p class='status-failed'>{_esc(audit.reason or 'no reason given')}</p>"
     if not audit.scores:
@@ -152,6 +155,14 @@ def _reconstructions(report: PrivacyReport, run_dir: Path) -> str:
     return "<h2>Reconstructions (originals above, reconstructions below)</h2>\n" + "\n".join(sections)
 
 
+def _errors(report: PrivacyReport) -> str:
+    errors = report.machinery_errors()
+    if not errors:
+        return ""
+    items = "".join(f"<li>{_esc(error)}</li>" for error in errors)
+    return f"<h2>Audit errors (the run went on)</h2><ul class='status-failed'>{items}</ul>"
+
+
 def _glossary() -> str:
     rows = "".join(f"<tr><th class='text'>{_esc(name)}</th><td>{_esc(meaning)}</td></tr>"
                    for name, meaning in ROUND_COLUMNS)
@@ -169,6 +180,7 @@ def render_html(report: PrivacyReport, run_dir: str | Path, plots: Sequence[str 
         _rounds_table(report),
         f"<h2>Accuracy and leakage per round</h2>{plot_html}" if plot_html else "",
         _reconstructions(report, run_dir),
+        _errors(report),
         _glossary(),
         f"<h2>Configuration</h2><pre>{config}</pre><h2>SemSim checkpoint</h2><pre>{semsim}</pre>",
     ])

@@ -264,3 +264,25 @@ def test_every_view_shows_the_leakage_interval_the_borderline_count_and_the_cali
     sink.write_round(first)
     assert f"leakage_95ci=[{first.leakage_low:.2f}, {first.leakage_high:.2f}]" in lines[0]
     assert f"borderline={first.borderline}" in lines[0]
+
+
+def test_notes_and_machinery_errors_reach_the_console_panel_and_the_html(
+        sample_run: tuple[PrivacyReport, Path]) -> None:
+    from semsim_audit.views.console import summary_panel
+    from semsim_audit.views.html import render_html
+
+    report, run_dir = sample_run
+    report = report.model_copy(deep=True)
+    report.rounds[0].errors.append("report sink Broken failed in round 1: OSError: disk full")
+    report.errors.append("report sink Broken failed in close: OSError: disk full")
+    report.rounds[0].clients[0].note = "audit-training observed: 3 local steps, declared 1"
+    report.rounds[0].clients[0].scored_on = "client"
+    console = Console(file=io.StringIO(), width=200, color_system=None)
+    console.print(summary_panel(report))
+    panel = console.file.getvalue()  # type: ignore[attr-defined]
+    page = render_html(report, run_dir)
+
+    assert "audit errors  2" in panel and "round 1: report sink Broken failed in round 1" in panel
+    assert "notes         1" in panel and "3 local steps, declared 1" in panel
+    assert "Audit errors (the run went on)" in page and "failed in close: OSError: disk full" in page
+    assert "3 local steps, declared 1" in page and "scored on the client" in page
