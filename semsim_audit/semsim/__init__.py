@@ -13,12 +13,13 @@ because a distance between unit vectors has the same scale for every checkpoint 
 calibrated threshold carries over and scores from different checkpoints are comparable.
 
 Lower = more similar = more leakage. ``recognizable`` is ``distance <= threshold``, the threshold that
-maximised balanced accuracy on validation identities when the checkpoint was trained.
+maximised balanced accuracy on validation identities when the checkpoint was trained; a distance inside
+the checkpoint's borderline band around it is a call the validation labels disagree about.
 """
 
 from semsim_audit.semsim.checkpoint import CheckpointMetadata, load_checkpoint, save_checkpoint
 from semsim_audit.semsim.model import SemSimNet
-from semsim_audit.semsim.scorer import DEFAULT_CHECKPOINT, SemSim
+from semsim_audit.semsim.scorer import DEFAULT_CHECKPOINT, PROXY_V1_CHECKPOINT, SemSim
 
 __all__ = ["SemSim", "SemSimNet", "CheckpointMetadata", "load_checkpoint", "save_checkpoint",
-           "DEFAULT_CHECKPOINT"]
+           "DEFAULT_CHECKPOINT", "PROXY_V1_CHECKPOINT"]

@@ -6,7 +6,14 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
-__all__ = ["roc_auc", "balanced_accuracy", "calibrate_threshold"]
+__all__ = ["roc_auc", "balanced_accuracy", "calibrate_threshold", "borderline_band", "BORDERLINE_CONFIDENCE",
+           "MAX_DISTANCE"]
+
+# Outside the borderline band, at least this share of the calibration pairs at that distance agreed with the
+# verdict (isotonic fit of the share recognizable against the distance).
+BORDERLINE_CONFIDENCE = 0.9
+# Distances between unit-length embeddings lie in [0, 2].
+MAX_DISTANCE = 2.0
 
 ArrayLike = torch.Tensor | np.ndarray | list[float] | list[bool]
 
@@ -77,3 +84,59 @@ def calibrate_threshold(distances: ArrayLike, recognizable: ArrayLike) -> tuple[
     else:
         threshold = float(sorted_values[-1])
     return float(max(threshold, 0.0)), float(scores[best])
+
+
+
+def _decreasing_fit(values: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct sorted distances and the share recognizable there, fitted non-increasing in the distance.
+
+    Pool adjacent violators (isotonic regression); equal distances are one point, weighted by their count.
+    """
+    distinct, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    shares = np.bincount(inverse, weights=truth.astype(np.float64)) / counts
+    means: list[float] = []
+    weights: list[float] = []
+    sizes: list[int] = []
+    for share, weight in zip(shares, counts, strict=True):
+        means.append(float(share))
+        weights.append(float(weight))
+        sizes.append(1)
+        while len(means) > 1 and means[-2] < means[-1]:
+            mean, weight_last, size = means.pop(), weights.pop(), sizes.pop()
+            total = weights[-1] + weight_last
+            means[-1] = (means[-1] * weights[-1] + mean * weight_last) / total
+            weights[-1] = total
+            sizes[-1] += size
+    return distinct, np.repeat(means, sizes)
+
+
+def borderline_band(distances: ArrayLike, recognizable: ArrayLike, threshold: float,
+                    confidence: float = BORDERLINE_CONFIDENCE) -> tuple[float, float]:
+    """``(low, high)`` around ``threshold``: the distances at which the verdict is a borderline call.
+
+    The share of pairs labelled recognizable is fitted as a non-increasing function of the distance
+    (isotonic regression on these pairs). Below ``low`` it is at least ``confidence``; above ``high``
+    at most ``1 - confidence``; in between, the labels at that distance disagree too often for either
+    verdict to be sure. Each edge sits midway between two neighbouring distances (0 or 2 where the fit
+    never gets that sure on a side) and the band always holds the threshold.
+    """
+    values = _as_numpy(distances)
+    truth = _binary_labels(recognizable)
+    if values.shape != truth.shape:
+        raise ValueError(f"distances and labels differ in length: {values.size} vs {truth.size}")
+    if not np.isfinite(values).all():
+        raise ValueError("distances contain NaN or infinite values")
+    if not 0.5 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0.5, 1), got {confidence}")
+    distinct, fitted = _decreasing_fit(values, truth)
+    sure_yes = np.flatnonzero(fitted >= confidence)
+    sure_no = np.flatnonzero(fitted <= 1.0 - confidence)
+    low, high = 0.0, MAX_DISTANCE
+    if sure_yes.size:
+        last = sure_yes[-1]
+        following = distinct[min(last + 1, distinct.size - 1)]
+        low = 0.5 * float(distinct[last] + following)
+    if sure_no.size:
+        first = sure_no[0]
+        high = 0.5 * float(distinct[max(first - 1, 0)] + distinct[first])
+    return min(low, threshold), max(high, threshold)

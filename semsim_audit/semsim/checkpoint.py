@@ -6,10 +6,18 @@ normalisation, head), how to use them (threshold), where they came from (annotat
 file that is corrupt, truncated or built for another architecture is refused with a ValueError
 that says what is wrong.
 
-``head`` (added without a format version change): ``"none"`` for the released model, whose
-pooled feature is the embedding, or ``"stats"`` for the projection head on feature statistics
-(:class:`~semsim_audit.semsim.model.SemSimNet`). Checkpoints written before it have no ``head`` field
-and load as ``"none"``, unchanged.
+Fields added without a format version change (a checkpoint written before them lacks them and loads
+unchanged; an older reader ignores them):
+
+* ``head``: ``"none"`` for the released model, whose pooled feature is the embedding, or ``"stats"`` for
+  the projection head on feature statistics (:class:`~semsim_audit.semsim.model.SemSimNet`); absent
+  means ``"none"``.
+* ``calibration``: what the threshold was calibrated on (``set``, ``identities``, ``pairs``) and the
+  balanced accuracy it reached there (``balanced_accuracy``).
+* ``borderline_band``: ``[low, high]`` around the threshold, calibrated on the same pairs: outside it at
+  least 90 % of the calibration pairs at that distance agree with the verdict
+  (:func:`~semsim_audit.semsim.calibration.borderline_band`); a distance inside it is a borderline call.
+  Absent: no band, and borderline counts are unknown.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from safetensors import SafetensorError
 from safetensors.torch import load, save
 
@@ -62,6 +70,8 @@ class CheckpointMetadata(BaseModel):
     sha256: str = ""
     dtype: str = "float32"
     training: dict[str, Any] = Field(default_factory=dict)
+    calibration: dict[str, Any] = Field(default_factory=dict)
+    borderline_band: tuple[float, float] | None = None
 
     @field_validator("threshold")
     @classmethod
@@ -69,6 +79,15 @@ class CheckpointMetadata(BaseModel):
         if not math.isfinite(value) or value < 0:
             raise ValueError("must be a finite, non-negative distance")
         return value
+
+    @model_validator(mode="after")
+    def _band_around_threshold(self) -> CheckpointMetadata:
+        if self.borderline_band is not None:
+            low, high = self.borderline_band
+            if not (math.isfinite(low) and math.isfinite(high) and 0 <= low <= self.threshold <= high):
+                raise ValueError(f"borderline_band {list(self.borderline_band)} must be finite and hold the "
+                                 f"threshold {self.threshold}")
+        return self
 
 
 def weights_sha256(tensors: dict[str, torch.Tensor]) -> str:
@@ -132,7 +151,8 @@ def read_safetensors(path: str | Path,
 
 
 def save_checkpoint(path: str | Path, model: SemSimNet, *, threshold: float, annotator: str, data: str,
-                    training: dict[str, Any] | None = None,
+                    training: dict[str, Any] | None = None, calibration: dict[str, Any] | None = None,
+                    borderline_band: tuple[float, float] | None = None,
                     dtype: torch.dtype = torch.float32) -> CheckpointMetadata:
     """Save ``model`` with its provenance; float tensors are stored as ``dtype`` (fp16 halves the file)."""
     tensors = {name: (t.to(dtype) if t.is_floating_point() else t)
@@ -142,7 +162,8 @@ def save_checkpoint(path: str | Path, model: SemSimNet, *, threshold: float, ann
                                       embedding_dim=model.embedding_dim,
                                       threshold=threshold, annotator=annotator, data=data,  # type: ignore[arg-type]
                                       sha256=weights_sha256(tensors), dtype=str(dtype).removeprefix("torch."),
-                                      training=training or {})
+                                      training=training or {}, calibration=calibration or {},
+                                      borderline_band=borderline_band)
     except ValidationError as error:
         raise ValueError(f"cannot save SemSim checkpoint: {_first_error(error)}") from None
     write_safetensors(path, tensors, metadata.model_dump(mode="json"))

@@ -13,7 +13,9 @@ fraction of its reconstructions judged unrecognizable; each metric's per-configu
 correlated with it (Spearman, Pearson, Kendall; signed, so SemSim distance should correlate positively
 and PSNR/SSIM negatively). Needs at least three configurations.
 
-All metrics are computed on the 32x32 RGB images SemSim sees.
+All metrics are computed on the 32x32 RGB images SemSim sees. :func:`evaluate` reads an annotation
+folder in the released layout; :func:`evaluate_pairs` takes the pairs themselves (the CLI builds them
+from a run folder labelled with ``semsim-audit annotate``).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from semsim_audit.semsim.annotations import load_image, read_annotations
 from semsim_audit.semsim.calibration import balanced_accuracy, calibrate_threshold, roc_auc
 from semsim_audit.semsim.scorer import SemSim
 
-__all__ = ["evaluate", "HIGHER_IS_SIMILAR"]
+__all__ = ["evaluate", "evaluate_pairs", "HIGHER_IS_SIMILAR"]
 
 # Orientation of each metric: does a higher value mean "more similar"?
 HIGHER_IS_SIMILAR = {"semsim": False, "psnr": True, "ssim": True, "lpips": False}
@@ -76,6 +78,14 @@ def _per_image(name: str, values: np.ndarray, labels: np.ndarray, semsim: SemSim
     if name == "semsim":
         row["balanced_accuracy"] = balanced_accuracy(values <= semsim.threshold, labels)
         row["threshold"] = semsim.threshold
+        borderline = semsim.borderline(torch.as_tensor(values))
+        if borderline is not None:
+            inside = borderline.numpy()
+            row["borderline"] = int(inside.sum())
+            outside = ~inside
+            # How sure the verdict is away from the threshold, where it matters (needs both labels there).
+            row["accuracy_outside_band"] = (float(((values <= semsim.threshold) == labels)[outside].mean())
+                                            if outside.any() else None)
     return row
 
 
@@ -107,13 +117,27 @@ def _per_configuration(scores: dict[str, np.ndarray], labels: np.ndarray,
 
 
 def evaluate(data: str | Path, semsim: SemSim, *, use_lpips: bool = True) -> dict[str, Any]:
-    """Score every annotated pair in ``data`` and judge each metric against the annotations."""
+    """Score every annotated pair in the annotation folder ``data`` and judge each metric against it."""
     originals, reconstructions, labels, configurations = _pairs(data)
+    return evaluate_pairs(originals, reconstructions, labels, semsim, configurations=configurations,
+                          data=str(data), use_lpips=use_lpips)
+
+
+def evaluate_pairs(originals: torch.Tensor, reconstructions: torch.Tensor, labels: np.ndarray,
+                   semsim: SemSim, *, configurations: list[str | None] | None = None, data: str = "pairs",
+                   use_lpips: bool = True) -> dict[str, Any]:
+    """Judge each metric on labelled pairs: ``originals[i]`` vs ``reconstructions[i]``, ``labels[i]`` True
+    when the pair was judged recognizable; ``configurations[i]`` says what made reconstruction i."""
+    labels = np.asarray(labels, dtype=bool)
+    if labels.size != originals.shape[0] or labels.size != reconstructions.shape[0]:
+        raise ValueError(f"{data}: {originals.shape[0]} originals, {reconstructions.shape[0]} "
+                         f"reconstructions and {labels.size} labels do not pair up")
     if labels.all() or not labels.any():
-        raise ValueError(f"--data {data}: needs both recognizable and unrecognizable reconstructions")
+        raise ValueError(f"{data}: needs both recognizable and unrecognizable reconstructions")
+    configurations = configurations if configurations is not None else [None] * labels.size
     scores = _metric_scores(semsim, originals, reconstructions, use_lpips)
     return {
-        "data": str(data),
+        "data": data,
         "checkpoint": semsim.info,
         "pairs": int(labels.size),
         "recognizable": int(labels.sum()),

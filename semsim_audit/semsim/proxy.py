@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -36,6 +37,7 @@ from semsim_audit.semsim.artefacts import (
     shift,
     shuffle_patches,
 )
+from semsim_audit.semsim.simulated import split_region
 
 __all__ = ["POSITIVE_ARTEFACTS", "NEGATIVE_CHANGES", "proxy_originals", "recognizable_variant",
            "unrecognizable_variant", "write_proxy_annotations"]
@@ -56,11 +58,22 @@ def photo_crops(photo: torch.Tensor, count: int, rng: np.random.Generator,
     return crops
 
 
-def proxy_originals(crops_per_photo: int, seed: int, faces: bool = True) -> list[tuple[str, torch.Tensor]]:
-    """(class name, (3, 32, 32) image) originals: photo crops, then the LFW faces subset."""
+def proxy_originals(crops_per_photo: int, seed: int, faces: bool = True,
+                    region: Literal["all", "train"] = "all") -> list[tuple[str, torch.Tensor]]:
+    """(class name, (3, 32, 32) image) originals: photo crops, then the LFW faces subset.
+
+    ``region="train"`` crops only the training band of every photograph
+    (:func:`semsim_audit.semsim.simulated.split_region`), so nothing held out for evaluation is seen.
+    """
+    if region not in ("all", "train"):
+        raise ValueError(f"region must be 'all' or 'train', got {region!r}")
     rng = np.random.default_rng(seed)
-    originals = [(name, crop) for name, photo in zip(PHOTO_NAMES, photo_images(), strict=True)
-                 for crop in photo_crops(photo, crops_per_photo, rng)]
+    originals = []
+    for number, (name, photo) in enumerate(zip(PHOTO_NAMES, photo_images(), strict=True)):
+        if region == "train":
+            top, left, bottom, right = split_region(number, "train")
+            photo = photo[:, top:bottom, left:right]
+        originals += [(name, crop) for crop in photo_crops(photo, crops_per_photo, rng)]
     if faces:
         lfw = torch.from_numpy(np.asarray(skdata.lfw_subset(), dtype=np.float32))
         originals += [("face" if i < 100 else "nonface", resize(face.expand(3, -1, -1), SIZE))
@@ -186,16 +199,20 @@ def unrecognizable_variant(image: torch.Tensor, other: torch.Tensor, rng: np.ran
 
 
 def write_proxy_annotations(directory: str | Path, originals: Sequence[tuple[str, torch.Tensor]],
-                            seed: int, positives: int = 4, negatives: int = 4, others: int = 200) -> Path:
-    """Write proxy annotations for ``originals`` in the released layout under ``directory``."""
+                            seed: int, positives: int = 4, negatives: int = 4, others: int = 200,
+                            prefix: str = "") -> Path:
+    """Write proxy annotations for ``originals`` in the released layout under ``directory``.
+
+    Identity folders are ``<prefix><number>``, so other annotation sets can share the folder.
+    """
     if len(originals) < 2:
         raise ValueError(f"need at least two originals (negatives use other images), got {len(originals)}")
     root = Path(directory)
     rng = np.random.default_rng(seed)
     kinds = list(NEGATIVE_CHANGES)
     for number, (label, image) in enumerate(originals):
-        keep = root / "train_with_ori" / str(number)
-        lose = root / "train_with_ori" / f"-{number}"
+        keep = root / "train_with_ori" / f"{prefix}{number}"
+        lose = root / "train_with_ori" / f"-{prefix}{number}"
         keep.mkdir(parents=True, exist_ok=True)
         lose.mkdir(parents=True, exist_ok=True)
         save_png(image, keep / f"{number}_{label}_ori.png")
@@ -211,5 +228,5 @@ def write_proxy_annotations(directory: str | Path, originals: Sequence[tuple[str
         first, second = (originals[int(i)][1] for i in rng.integers(0, len(originals), size=2))
         change = str(rng.choice(["heavy-noise", "not-converged", "patch-shuffle", "heavy-blur"]))
         variant = unrecognizable_variant(first, second, rng, change)
-        save_png(variant, root / "others" / f"other_{k}_{change}.png")
+        save_png(variant, root / "others" / f"{prefix}other_{k}_{change}.png")
     return root

@@ -11,9 +11,13 @@ from semsim_audit.core import select_device
 from semsim_audit.semsim.checkpoint import CheckpointMetadata, load_checkpoint
 from semsim_audit.semsim.model import SemSimNet
 
-__all__ = ["SemSim", "DEFAULT_CHECKPOINT"]
+__all__ = ["SemSim", "DEFAULT_CHECKPOINT", "PROXY_V1_CHECKPOINT"]
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "semsim-proxy.safetensors"
+_CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
+# The stats head on the proxy mix with real attack outputs (semsim_audit.semsim.default_checkpoint).
+DEFAULT_CHECKPOINT = _CHECKPOINTS / "semsim-proxy-v2.safetensors"
+# The default before it (the released recipe on proxy annotations), kept to compare against and to load.
+PROXY_V1_CHECKPOINT = _CHECKPOINTS / "semsim-proxy.safetensors"
 
 
 class SemSim:
@@ -47,11 +51,33 @@ class SemSim:
         return self.metadata.threshold
 
     @property
+    def borderline_band(self) -> tuple[float, float] | None:
+        """Distances in ``[low, high]`` are borderline calls; None for checkpoints without a band."""
+        return self.metadata.borderline_band
+
+    @property
+    def calibration(self) -> dict[str, Any]:
+        """What the threshold was calibrated on and its balanced accuracy there.
+
+        Checkpoints older than the ``calibration`` field say it in their training summary.
+        """
+        if self.metadata.calibration:
+            return dict(self.metadata.calibration)
+        training = self.metadata.training
+        if "calibrated_on" not in training:
+            return {}
+        return {"set": f"{training['calibrated_on']} identities",
+                "balanced_accuracy": training.get("balanced_accuracy")}
+
+    @property
     def info(self) -> dict[str, Any]:
-        """Provenance for reports: annotator kind, threshold, data, version, width, head, sha256, file."""
+        """Provenance for reports: annotator kind, threshold, calibration, borderline band, data, version,
+        width, head, sha256, file."""
         meta = self.metadata
         return {
             "annotator": meta.annotator, "threshold": meta.threshold, "data": meta.data,
+            "calibration": self.calibration,
+            "borderline_band": list(meta.borderline_band) if meta.borderline_band is not None else None,
             "version": meta.version, "architecture": meta.architecture, "width": meta.width,
             "head": meta.head, "embedding": meta.embedding, "sha256": meta.sha256,
             "checkpoint": self.path.name if self.path is not None else None,
@@ -82,6 +108,13 @@ class SemSim:
         """Per-pair bool (N,): would a person recognise the original in the reconstruction?"""
         limit = self.threshold if threshold is None else float(threshold)
         return self.distance(originals, reconstructions) <= limit
+
+    def borderline(self, distances: torch.Tensor) -> torch.Tensor | None:
+        """Per distance: inside the borderline band? None when the checkpoint has no band."""
+        band = self.borderline_band
+        if band is None:
+            return None
+        return (distances >= band[0]) & (distances <= band[1])
 
     def __repr__(self) -> str:
         meta = self.metadata

@@ -71,7 +71,7 @@ from semsim_audit.semsim.artefacts import (
 
 __all__ = [
     "DAMAGES", "TOLERANCE_TEMPERATURE", "SimulatedAnnotations", "simulate_annotations",
-    "write_released_layout", "recognizable_probability", "split_region",
+    "write_released_layout", "recognizable_probability", "split_region", "split_originals",
 ]
 
 Split = Literal["train", "heldout"]
@@ -184,6 +184,17 @@ def _original(seed: int, split: str, index: int) -> tuple[torch.Tensor, tuple[in
     photo_index, y, x, side, flip = _identity_box(seed, split, index)
     image = _crop(photo_index, y, x, side, split)
     return (image.flip(-1) if flip else image), (photo_index, y, x, side)
+
+
+def split_originals(count: int, split: Split, seed: int = 0) -> tuple[torch.Tensor, list[int]]:
+    """The originals of identities ``0 .. count - 1`` of a split, (count, 3, 32, 32), and their photographs.
+
+    The same crops :func:`simulate_annotations` uses, without building their reconstructions.
+    """
+    if split not in _SPLIT_CODE:
+        raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
+    crops = [_original(seed, split, index) for index in range(count)]
+    return torch.stack([image for image, _ in crops]), [box[0] for _, box in crops]
 
 
 def _iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:

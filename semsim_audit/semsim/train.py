@@ -21,7 +21,9 @@ shipped in the package, or a file): its backbone is kept, and its head too when 
 ``augment="strong"`` adds colour, contrast and brightness jitter to the released crop + flip. Identities
 are split into training and validation; each epoch reports the validation AUC, training stops when it has
 not improved for ``patience`` epochs, and with ``keep="best"`` the checkpoint written is the epoch with
-the best validation AUC. The final threshold maximises balanced accuracy on validation identities.
+the best validation AUC. The final threshold maximises balanced accuracy on validation identities; the
+same pairs calibrate the borderline band around it, and the checkpoint records both with what they were
+calibrated on.
 
 Training is resumable: after every epoch the model, loss and optimiser state go to ``<out>.resume`` (a
 safetensors file, never a pickle); a run started again with the same settings continues from there.
@@ -54,7 +56,12 @@ from torch import nn
 
 from semsim_audit.core import seed_everything, select_device
 from semsim_audit.semsim.annotations import Annotations, load_image, read_annotations, split_identities
-from semsim_audit.semsim.calibration import calibrate_threshold, roc_auc
+from semsim_audit.semsim.calibration import (
+    BORDERLINE_CONFIDENCE,
+    borderline_band,
+    calibrate_threshold,
+    roc_auc,
+)
 from semsim_audit.semsim.checkpoint import (
     CheckpointMetadata,
     load_checkpoint,
@@ -548,7 +555,19 @@ def train(data: str | Path, out: str | Path, config: TrainConfig | None = None, 
         calibrated_on, pairs, labels = "validation", val_pairs, val_labels
     else:  # too few validation identities to hold both verdicts: calibrate on everything, and say so
         calibrated_on, pairs, labels = "all", all_pairs, all_labels
-    threshold, balanced = calibrate_threshold(_pair_distances(model, embed, pairs), labels)
+    distances = _pair_distances(model, embed, pairs)
+    threshold, balanced = calibrate_threshold(distances, labels)
+    band = borderline_band(distances, labels, threshold)
+    calibrated_identities = len(val_members) if calibrated_on == "validation" else len(annotations.identities)
+    calibration = {
+        "set": (f"{calibrated_identities} validation identities ({config.val_fraction:.0%} held out of "
+                f"training, seed {config.seed})" if calibrated_on == "validation"
+                else f"all {calibrated_identities} identities (too few validation identities)"),
+        "identities": calibrated_identities, "pairs": int(labels.size), "recognizable": int(labels.sum()),
+        "balanced_accuracy": balanced,
+        "borderline_rule": f"outside the band, at least {BORDERLINE_CONFIDENCE:.0%} of the calibration pairs "
+                           f"at that distance agree with the verdict (isotonic fit)",
+    }
     training = {
         "recipe": {**{k: v for k, v in asdict(config).items() if k not in ("device", "data_description")},
                    "width": model.width, "lr": config.base_lr},
@@ -561,7 +580,8 @@ def train(data: str | Path, out: str | Path, config: TrainConfig | None = None, 
     description = (config.data_description
                    or f"{len(annotations.identities)} identities from {Path(data).name}")
     metadata = save_checkpoint(out, model.cpu(), threshold=threshold, annotator=config.annotator,
-                               data=description, training=training,
+                               data=description, training=training, calibration=calibration,
+                               borderline_band=band,
                                dtype=torch.float16 if config.storage_dtype == "float16" else torch.float32)
     state_file.unlink(missing_ok=True)
     return TrainResult(path=out, metadata=metadata, history=history)
