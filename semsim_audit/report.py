@@ -12,17 +12,22 @@ import json
 import logging
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
+if TYPE_CHECKING:
+    import pandas
 
 __all__ = [
     "ReconstructionScore", "ClientAudit", "RoundRecord", "PrivacyReport", "ReportSink",
     "SinkFanout", "JsonlSink", "LogSink", "read_jsonl", "REPORT_VERSION", "mean", "leakage_rate",
-    "pooled_scores", "format_value", "format_interval", "wilson_interval",
+    "pooled_scores", "format_value", "format_interval", "wilson_interval", "TableLevel",
+    "ReconstructionRow", "ClientRow", "RoundRow", "reconstruction_rows", "client_rows", "round_rows",
+    "table_rows",
 ]
 
 REPORT_VERSION = 1
@@ -96,6 +101,8 @@ class ClientAudit(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     node_id: int
+    # What the node is called across runs (its partition id in a simulation), when the client said.
+    client_key: str | None = None
     attack: str
     status: AuditStatus
     reason: str | None = None
@@ -200,6 +207,18 @@ class PrivacyReport(BaseModel):
     rounds: list[RoundRecord] = Field(default_factory=list)
     # Failures outside any round (a sink that could not start or close); the run went on.
     errors: list[str] = Field(default_factory=list)
+    # The folder read_jsonl read the journal from: the image paths are relative to it.
+    _run_dir: Path | None = PrivateAttr(default=None)
+
+    def machinery_errors(self) -> list[str]:
+        """Failures of the audit machinery (sinks, executors), round by round, then the run's own."""
+        return [f"round {r.round}: {error}" for r in self.rounds for error in r.errors] + list(self.errors)
+
+    def __eq__(self, other: object) -> bool:
+        # Where a report was read from is not part of it: the same journal read from two places is equal.
+        if not isinstance(other, PrivacyReport):
+            return NotImplemented
+        return type(self) is type(other) and self.__dict__ == other.__dict__
 
     @property
     def checkpoint_kind(self) -> str:
@@ -207,12 +226,6 @@ class PrivacyReport(BaseModel):
 
     def header(self) -> dict[str, Any]:
         """Everything but the rounds: the first line of the JSONL journal."""
-    # The folder read_jsonl read the journal from: the image paths are relative to it.
-    _run_dir: Path | None = PrivateAttr(default=None)
-
-    def machinery_errors(self) -> list[str]:
-        """Failures of the audit machinery (sinks, executors), round by round, then the run's own."""
-        return [f"round {r.round}: {error}" for r in self.rounds for error in r.errors] + list(self.errors)
         return self.model_dump(mode="json", exclude={"rounds"})
 
     def add_round(self, record: RoundRecord) -> None:
@@ -225,6 +238,170 @@ class PrivacyReport(BaseModel):
         if not audited:
             return None
         return max(audited, key=lambda r: (r.leakage_rate, -(r.mean_semsim or 0.0)))
+
+    @property
+    def run_dir(self) -> Path | None:
+        """The run folder the saved images' paths are relative to, if known and there.
+
+        That is the folder the journal was read from (:func:`read_jsonl`), else the ``out_dir`` the
+        run was configured with.
+        """
+        if self._run_dir is not None:
+            return self._run_dir
+        out_dir = self.config.get("out_dir")
+        return Path(out_dir) if isinstance(out_dir, str) and Path(out_dir).is_dir() else None
+
+    def to_dataframe(self, level: TableLevel = "reconstruction") -> pandas.DataFrame:
+        """The report as a pandas DataFrame, one row per reconstruction, per client audit or per round.
+
+        Parameters
+        ----------
+        level : {"reconstruction", "client", "round"}
+            ``"reconstruction"`` has the columns of ``scores.csv``, ``"round"`` those of ``rounds.csv``,
+            ``"client"`` those of :class:`ClientRow`. Unknown values are missing (None / NaN).
+        """
+        rows, columns = table_rows(self, level)
+        try:  # an optional extra: the report itself needs no pandas
+            import pandas
+        except ImportError:
+            message = 'PrivacyReport.to_dataframe needs pandas: pip install "semsim-audit[pandas]"'
+            raise ImportError(message) from None
+        return pandas.DataFrame(rows, columns=list(columns))
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view: the per-round table, the accuracy and leakage plot, a few saved pairs."""
+        # The views sit above the report (they import it): loaded only when a notebook displays one.
+        from semsim_audit.views.notebook import report_html
+
+        return report_html(self, self.run_dir)
+
+
+TableLevel = Literal["reconstruction", "client", "round"]
+
+
+class ReconstructionRow(NamedTuple):
+    """One reconstruction, flat: a line of scores.csv and a row of ``to_dataframe("reconstruction")``."""
+
+    round: int
+    client: int
+    client_key: str | None
+    image_index: int
+    attack: str
+    semsim: float | None
+    recognizable: bool | None
+    borderline: bool | None
+    psnr: float | None
+    ssim: float | None
+    lpips: float | None
+    true_label: int | None
+    recovered_label: int | None
+    identified: bool | None
+    original_image: str | None
+    reconstruction_image: str | None
+
+
+class ClientRow(NamedTuple):
+    """One client's audit in one round: a row of ``to_dataframe("client")``."""
+
+    round: int
+    client: int
+    client_key: str | None
+    attack: str
+    status: str
+    reason: str | None
+    note: str | None
+    scored_on: str | None
+    num_images: int
+    reconstructions: int
+    leakage_rate: float | None
+    mean_semsim: float | None
+    label_accuracy: float | None
+    local_steps: int | None
+    batch_size: int | None
+    attack_loss: float | None
+    seconds: float
+
+
+class RoundRow(NamedTuple):
+    """One round: a line of rounds.csv and a row of ``to_dataframe("round")``."""
+
+    round: int
+    accuracy: float | None
+    loss: float | None
+    audited_clients: int
+    failed_clients: int
+    leakage_rate: float | None
+    leakage_low: float | None
+    leakage_high: float | None
+    borderline: int | None
+    mean_semsim: float | None
+    mean_psnr: float | None
+    mean_ssim: float | None
+    mean_lpips: float | None
+    attack_seconds: float
+    worst_client: int | None
+    status: str
+    finished_at: str
+
+
+def reconstruction_rows(report: PrivacyReport) -> list[ReconstructionRow]:
+    """Every scored reconstruction of the run, in round and client order."""
+    return [
+        ReconstructionRow(
+            round=record.round, client=audit.node_id, client_key=audit.client_key,
+            image_index=score.original_index, attack=audit.attack, semsim=score.semsim,
+            recognizable=score.recognizable, borderline=score.borderline, psnr=score.psnr, ssim=score.ssim,
+            lpips=score.lpips, true_label=score.true_label, recovered_label=score.recovered_label,
+            identified=score.identified, original_image=score.original_image,
+            reconstruction_image=score.reconstruction_image)
+        for record in report.rounds for audit in record.clients for score in audit.scores
+    ]
+
+
+def client_rows(report: PrivacyReport) -> list[ClientRow]:
+    """Every client audit of the run (failed and skipped ones too), in round order."""
+    return [
+        ClientRow(
+            round=record.round, client=audit.node_id, client_key=audit.client_key, attack=audit.attack,
+            status=audit.status, reason=audit.reason, note=audit.note, scored_on=audit.scored_on,
+            num_images=audit.num_images, reconstructions=len(audit.scores),
+            leakage_rate=audit.leakage_rate, mean_semsim=audit.mean_semsim,
+            label_accuracy=audit.label_accuracy, local_steps=audit.local_steps,
+            batch_size=audit.batch_size, attack_loss=audit.attack_loss, seconds=audit.seconds)
+        for record in report.rounds for audit in record.clients
+    ]
+
+
+def round_rows(report: PrivacyReport) -> list[RoundRow]:
+    """Every finished round of the run."""
+    return [
+        RoundRow(
+            round=record.round, accuracy=record.accuracy, loss=record.loss,
+            audited_clients=len(record.clients),
+            failed_clients=sum(c.status == "failed" for c in record.clients),
+            leakage_rate=record.leakage_rate, leakage_low=record.leakage_low,
+            leakage_high=record.leakage_high, borderline=record.borderline, mean_semsim=record.mean_semsim,
+            mean_psnr=record.mean_psnr, mean_ssim=record.mean_ssim, mean_lpips=record.mean_lpips,
+            attack_seconds=record.attack_seconds, worst_client=record.worst_client, status=record.status,
+            finished_at=record.finished_at)
+        for record in report.rounds
+    ]
+
+
+_TABLES: dict[str, tuple[tuple[str, ...], Callable[[PrivacyReport], Sequence[tuple[Any, ...]]]]] = {
+    "reconstruction": (ReconstructionRow._fields, reconstruction_rows),
+    "client": (ClientRow._fields, client_rows),
+    "round": (RoundRow._fields, round_rows),
+}
+
+
+def table_rows(report: PrivacyReport, level: TableLevel) -> tuple[Sequence[tuple[Any, ...]], tuple[str, ...]]:
+    """The rows of one level and their column names: what the CSV files and ``to_dataframe`` share."""
+    if level not in _TABLES:
+        levels = ", ".join(repr(name) for name in get_args(TableLevel))
+        raise ValueError(f"level must be one of {levels}; got {level!r}")
+    columns, build = _TABLES[level]
+    return build(report), columns
 
 
 class ReportSink(Protocol):
@@ -374,4 +551,5 @@ def read_jsonl(path: str | Path) -> PrivacyReport:
             raise ValueError(f"{path}:{number}: unknown entry (expected type 'run' or 'round')")
     if report is None:
         raise ValueError(f"{path}: empty journal (no run header)")
+    report._run_dir = path.parent
     return report

@@ -28,7 +28,7 @@ __all__ = [
     "DATA_ROOT_ENV", "DatasetOption", "DataRootOption", "DownloadOption", "ModelOption", "AttackOption",
     "PartitionOption", "IterationsOption", "RestartsOption", "LabelsKnownOption", "DeviceOption",
     "SeedOption", "SemSimOption", "RoundsOption", "ClientsOption", "AuditedOption", "LocalStepsOption",
-    "BatchSizeOption", "LrOption",
+    "BatchSizeOption", "LrOption", "TensorBoardOption", "tensorboard_sink_or_fail",
 ]
 
 USAGE_ERROR = 2
@@ -81,6 +81,10 @@ AuditedOption = Annotated[int, typer.Option(help="Clients attacked per audited r
 LocalStepsOption = Annotated[int, typer.Option(help="Local SGD steps per round (1 = FedSGD).")]
 BatchSizeOption = Annotated[int, typer.Option(help="Local batch size: images each attack must recover.")]
 LrOption = Annotated[float, typer.Option(help="Local learning rate.")]
+TensorBoardOption = Annotated[Path | None, typer.Option(
+    "--tensorboard", metavar="DIR",
+    help="Also log every round to TensorBoard event files in DIR: scalars and reconstruction grids "
+         "(needs the tensorboard extra).")]
 
 
 def fail(message: str) -> NoReturn:
@@ -137,6 +141,20 @@ def dataset_or_fail(name: str, *, train: bool = True, root: Path | None = None,
         fail_run(str(error))
     except ValueError as error:  # an unknown name, where the caller skipped the option's choices
         fail(f"--dataset: {error}")
+
+
+def tensorboard_sink_or_fail(log_dir: Path, run_dir: Path | None = None) -> Any:
+    """A TensorBoard sink writing into ``log_dir`` (images from ``run_dir``, default the report's own);
+    exit 2 when ``log_dir`` is a file or the tensorboard extra is missing."""
+    if log_dir.exists() and not log_dir.is_dir():
+        fail(f"--tensorboard: {log_dir} exists and is not a folder")
+    # torch (and tensorboard) load with the sink, not at start-up.
+    from semsim_audit.views.tensorboard import TensorBoardSink
+
+    try:
+        return TensorBoardSink(log_dir, run_dir=run_dir)
+    except ImportError as error:
+        fail(f"--tensorboard: {error}")
 
 
 def report_or_fail(path: Path) -> tuple[PrivacyReport, Path]:

@@ -35,6 +35,7 @@ from semsim_audit.cli.common import (
     RoundsOption,
     SeedOption,
     SemSimOption,
+    TensorBoardOption,
     at_least,
     checkpoint_or_fail,
     dataset_or_fail,
@@ -42,6 +43,7 @@ from semsim_audit.cli.common import (
     fail_run,
     positive_number,
     report_or_fail,
+    tensorboard_sink_or_fail,
 )
 from semsim_audit.report import ClientAudit, PrivacyReport, RoundRecord, format_value
 
@@ -118,6 +120,7 @@ def demo(
     images: Annotated[bool, typer.Option(help="Save originals and reconstructions (grids, HTML).")] = True,
     seed: SeedOption = 0,
     semsim_checkpoint: SemSimOption = None,
+    tensorboard: TensorBoardOption = None,
 ) -> None:
     """The main job: a real Flower simulation whose clients' updates are attacked and scored, live.
 
@@ -150,6 +153,8 @@ def demo(
     from semsim_audit.config import AuditConfig
     from semsim_audit.views import ConsoleSink, RunFolderSink, new_run_dir
 
+    # Without run_dir, the sink finds the images through the report's out_dir (the run folder below).
+    board = None if tensorboard is None else tensorboard_sink_or_fail(tensorboard)
     try:
         run_dir = new_run_dir(out)
     except OSError as error:
@@ -167,19 +172,20 @@ def demo(
                   f"device {torch_device}")
     _print_path(console, "run folder", run_dir)
     views = RunFolderSink(run_dir)
+    sinks = [ConsoleSink(console, total_rounds=rounds), views, *([board] if board is not None else [])]
     started = time.monotonic()
     try:
         result = run_audited_simulation(
             dataset=data, test_dataset=test_data, model=model, model_options=model_options,
             num_clients=clients, rounds=rounds, local_steps=local_steps, batch_size=batch_size, lr=lr,
-            seed=seed, audit=audit, sinks=[ConsoleSink(console, total_rounds=rounds), views])
+            seed=seed, audit=audit, sinks=sinks)
     except ValueError as error:
         fail_run(str(error))
     seconds = time.monotonic() - started
     if views.files is None:
         fail_run(f"the simulation ended without a report; partial results (if any) are in {run_dir}")
-    console.print(f"finished in {seconds:.0f} s; rounds.csv, report.json, plots/ and console.svg are in the "
-                  "run folder. Open the report:")
+    console.print(f"finished in {seconds:.0f} s; rounds.csv, scores.csv, report.json, plots/ and console.svg "
+                  "are in the run folder. Open the report:")
     _print_path(console, "report", views.files.html)
     audited_rounds = [r for r in result.rounds if r.status != "not audited"]
     if audited_rounds and all(r.status == "failed" for r in audited_rounds):

@@ -1,7 +1,7 @@
-"""The file views of a run folder: rounds.csv, report.json, plots and image grids (PNG).
+"""The file views of a run folder: rounds.csv, scores.csv, report.json, plots and image grids (PNG).
 
 A run folder (one per run, named by its start time) holds ``report.jsonl`` (the journal written
-round by round), ``report.json``, ``rounds.csv``, ``plots/rounds.png``, ``report.html``,
+round by round), ``report.json``, ``rounds.csv``, ``scores.csv``, ``plots/rounds.png``, ``report.html``,
 ``console.svg`` and, when images were saved, ``images/round-<R>/client-<NODE>/`` with the
 originals, the reconstructions and ``grid.png``. Everything except the journal and the saved
 images can be rebuilt from the journal.
@@ -10,6 +10,9 @@ images can be rebuilt from the journal.
 from __future__ import annotations
 
 import csv
+import io
+import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -18,18 +21,24 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.image import imread
 
-from semsim_audit.report import ClientAudit, PrivacyReport, RoundRecord, format_value
+from semsim_audit.report import (
+    ClientAudit,
+    PrivacyReport,
+    ReconstructionRow,
+    RoundRow,
+    format_value,
+    reconstruction_rows,
+    round_rows,
+)
 
 __all__ = [
-    "CSV_COLUMNS", "RunFiles", "new_run_dir", "write_rounds_csv", "write_report_json", "plot_rounds",
-    "grid_path", "saved_image", "write_image_grid", "write_image_grids",
+    "CSV_COLUMNS", "SCORES_CSV_COLUMNS", "RunFiles", "new_run_dir", "write_rounds_csv", "write_scores_csv",
+    "write_report_json", "rounds_figure", "plot_rounds", "figure_png", "grid_path", "saved_image",
+    "image_grid_figure", "write_image_grid", "write_image_grids",
 ]
 
-CSV_COLUMNS: tuple[str, ...] = (
-    "round", "accuracy", "loss", "audited_clients", "failed_clients", "leakage_rate", "leakage_low",
-    "leakage_high", "borderline", "mean_semsim",
-    "mean_psnr", "mean_ssim", "mean_lpips", "attack_seconds", "worst_client", "status", "finished_at",
-)
+CSV_COLUMNS: tuple[str, ...] = RoundRow._fields
+SCORES_CSV_COLUMNS: tuple[str, ...] = ReconstructionRow._fields
 
 
 @dataclass
@@ -38,6 +47,7 @@ class RunFiles:
 
     report_json: Path
     rounds_csv: Path
+    scores_csv: Path
     html: Path
     svg: Path | None = None
     plots: list[Path] = field(default_factory=list)
@@ -59,29 +69,33 @@ def new_run_dir(out: str | Path, when: datetime | None = None) -> Path:
     return candidate
 
 
-def _cell(value: float | int | str | None) -> str | float | int:
+def _cell(value: object) -> object:
     return "" if value is None else value
 
 
-def _csv_row(record: RoundRecord) -> list[str | float | int]:
-    failed = sum(c.status == "failed" for c in record.clients)
-    return [_cell(v) for v in (
-        record.round, record.accuracy, record.loss, len(record.clients), failed, record.leakage_rate,
-        record.leakage_low, record.leakage_high, record.borderline, record.mean_semsim, record.mean_psnr,
-        record.mean_ssim, record.mean_lpips, record.attack_seconds,
-        record.worst_client, record.status, record.finished_at)]
+def _write_csv(path: str | Path, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> Path:
+    """Write a temporary file beside ``path``, then rename it: a reader never sees half a table."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".tmp")
+    with partial.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        writer.writerows([_cell(value) for value in row] for row in rows)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(partial, path)
+    return path
 
 
 def write_rounds_csv(report: PrivacyReport, path: str | Path) -> Path:
     """One row per round; empty cells where a value is unknown (e.g. LPIPS without weights)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(CSV_COLUMNS)
-        for record in report.rounds:
-            writer.writerow(_csv_row(record))
-    return path
+    return _write_csv(path, CSV_COLUMNS, round_rows(report))
+
+
+def write_scores_csv(report: PrivacyReport, path: str | Path) -> Path:
+    """One row per scored reconstruction (the rows of ``report.to_dataframe("reconstruction")``)."""
+    return _write_csv(path, SCORES_CSV_COLUMNS, reconstruction_rows(report))
 
 
 def write_report_json(report: PrivacyReport, path: str | Path) -> Path:
@@ -92,7 +106,7 @@ def write_report_json(report: PrivacyReport, path: str | Path) -> Path:
     return path
 
 
-def plot_rounds(report: PrivacyReport, path: str | Path) -> Path | None:
+def rounds_figure(report: PrivacyReport) -> Figure | None:
     """Accuracy (top) and leakage rate with mean SemSim (bottom) per round; None without rounds."""
     if not report.rounds:
         return None
@@ -122,10 +136,25 @@ def plot_rounds(report: PrivacyReport, path: str | Path) -> Path | None:
                      color="tab:gray")
     semsim_axis.set_ylabel("mean SemSim (lower = leaks more)", color="tab:gray")
     bottom.set_xticks(rounds)
+    return figure
+
+
+def plot_rounds(report: PrivacyReport, path: str | Path) -> Path | None:
+    """:func:`rounds_figure` as a PNG file; None without rounds."""
+    figure = rounds_figure(report)
+    if figure is None:
+        return None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, format="png")
     return path
+
+
+def figure_png(figure: Figure) -> bytes:
+    """The figure as PNG bytes, in memory (for notebooks and TensorBoard)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
 
 
 def grid_path(run_dir: str | Path, round_number: int, node_id: int) -> Path:
@@ -154,7 +183,7 @@ def _load(run_dir: Path, relative: str | None) -> np.ndarray | None:
     return None if path is None else imread(path)
 
 
-def write_image_grid(run_dir: str | Path, round_number: int, audit: ClientAudit) -> Path | None:
+def image_grid_figure(run_dir: str | Path, round_number: int, audit: ClientAudit) -> Figure | None:
     """Originals above reconstructions, each column labelled with SemSim and PSNR; None without images."""
     run_dir = Path(run_dir)
     pairs = [(s, _load(run_dir, s.original_image), _load(run_dir, s.reconstruction_image))
@@ -182,6 +211,14 @@ def write_image_grid(run_dir: str | Path, round_number: int, audit: ClientAudit)
     axes[0][0].set_ylabel("original")
     axes[1][0].set_ylabel("reconstruction")
     figure.suptitle(f"round {round_number}, client {audit.node_id}\n{audit.attack}", fontsize=8)
+    return figure
+
+
+def write_image_grid(run_dir: str | Path, round_number: int, audit: ClientAudit) -> Path | None:
+    """:func:`image_grid_figure` as ``grid.png`` in the audit's image folder; None without images."""
+    figure = image_grid_figure(run_dir, round_number, audit)
+    if figure is None:
+        return None
     path = grid_path(run_dir, round_number, audit.node_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, format="png")

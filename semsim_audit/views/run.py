@@ -12,6 +12,7 @@ from semsim_audit.views.files import (
     write_image_grids,
     write_report_json,
     write_rounds_csv,
+    write_scores_csv,
 )
 from semsim_audit.views.html import write_html
 
@@ -19,7 +20,7 @@ __all__ = ["render_run", "RunFolderSink"]
 
 
 def render_run(report: PrivacyReport, run_dir: str | Path, *, svg: bool = True) -> RunFiles:
-    """Write report.json, rounds.csv, plots, image grids, report.html and console.svg into ``run_dir``."""
+    """Write report.json, rounds.csv, scores.csv, plots, image grids, report.html and console.svg."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     plot = plot_rounds(report, run_dir / "plots" / "rounds.png")
@@ -27,6 +28,7 @@ def render_run(report: PrivacyReport, run_dir: str | Path, *, svg: bool = True) 
     return RunFiles(
         report_json=write_report_json(report, run_dir / "report.json"),
         rounds_csv=write_rounds_csv(report, run_dir / "rounds.csv"),
+        scores_csv=write_scores_csv(report, run_dir / "scores.csv"),
         plots=plots,
         grids=write_image_grids(report, run_dir),
         html=write_html(report, run_dir, run_dir / "report.html", plots),
@@ -38,7 +40,8 @@ class RunFolderSink:
     """A :class:`semsim_audit.report.ReportSink` that keeps rounds.csv current and renders the rest on close.
 
     The journal (``report.jsonl``) is :class:`semsim_audit.report.JsonlSink`'s job; this sink writes
-    the views: ``rounds.csv`` after every round, everything else (:func:`render_run`) at the end.
+    the views: ``rounds.csv`` and ``scores.csv`` after every round, everything else (:func:`render_run`)
+    at the end.
     """
 
     def __init__(self, run_dir: str | Path, *, svg: bool = True) -> None:
@@ -49,11 +52,15 @@ class RunFolderSink:
 
     def start(self, report: PrivacyReport) -> None:
         self.report = report.model_copy(deep=True)
-        write_rounds_csv(self.report, self.run_dir / "rounds.csv")
+        self._write_tables()
 
     def write_round(self, record: RoundRecord) -> None:
         self.report.add_round(record)
+        self._write_tables()
+
+    def _write_tables(self) -> None:
         write_rounds_csv(self.report, self.run_dir / "rounds.csv")
+        write_scores_csv(self.report, self.run_dir / "scores.csv")
 
     def close(self, report: PrivacyReport) -> None:
         self.files = render_run(report, self.run_dir, svg=self.svg)
