@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from logging import INFO
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -122,6 +122,12 @@ class AuditedStrategy(Strategy):
     semsim : SemSim, optional
         The judge; defaults to ``SemSim.load(audit.semsim_checkpoint)``. Clients score with this same
         network: it travels with the scoring requests unless it is the checkpoint shipped in the package.
+    reply_order : "arrival" or "stable-key"
+        The order in which the inner strategy receives the training replies. ``"arrival"`` (the
+        default) passes them on as Flower delivered them. ``"stable-key"`` sorts them by the key each
+        client reports (its partition id in a simulation): a weighted mean is the same number in any
+        order, but its float rounding is not, so this makes a seeded run repeat to the bit
+        (``run_audited_simulation`` uses it).
 
     Keep it the outermost wrapper (around Flower's DP wrappers): it then attacks each update as
     the server received it, and its ``start()`` finishes the report. Wrapped inside another
@@ -131,8 +137,12 @@ class AuditedStrategy(Strategy):
 
     def __init__(self, strategy: Strategy, *, model_fn: Callable[[], nn.Module], data_spec: DataSpec,
                  audit: AuditConfig, executor: Executor | None = None,
-                 sinks: Sequence[ReportSink] = (), semsim: SemSim | None = None) -> None:
+                 sinks: Sequence[ReportSink] = (), semsim: SemSim | None = None,
+                 reply_order: Literal["arrival", "stable-key"] = "arrival") -> None:
         super().__init__()
+        if reply_order not in ("arrival", "stable-key"):
+            raise ValueError(f"reply_order must be 'arrival' or 'stable-key', got {reply_order!r}")
+        self.reply_order = reply_order
         if not isinstance(strategy, Strategy):
             raise ValueError(f"strategy must be a flwr Strategy, got {type(strategy).__name__}")
         if not isinstance(audit, AuditConfig):
@@ -290,6 +300,9 @@ class AuditedStrategy(Strategy):
             except Exception as error:
                 self._machinery_failed(server_round, "submitting the audits", error)
         self._deliver(self._grid)  # the inline executor's reconstructions are ready now
+        if self.reply_order == "stable-key":
+            replies.sort(key=lambda reply: stable_key(records.get(reply.metadata.src_node_id, {}),
+                                                      reply.metadata.src_node_id))
         result = self.strategy.aggregate_train(server_round, replies)
         self.rounds.flush()
         return result
@@ -399,10 +412,13 @@ class AuditedStrategy(Strategy):
 
     def _submit(self, server_round: int, replies: list[Message], records: dict[int, Any]) -> None:
         state = self.rounds[server_round]
+        keys = {node: stable_key(records.get(node, {}), node) for node in state.sent}
         if not isinstance(self.audit.clients, list):
-            keys = {node: stable_key(records.get(node, {}), node) for node in state.sent}
             chosen = set(self.audit.choose_clients(server_round, list(keys.values())))
             state.sent = {node: sent for node, sent in state.sent.items() if keys[node] in chosen}
+        # Jobs in stable-key order: a batched attack draws its trials' starts by position, so the same
+        # seed then gives each client the same start whatever node ids this run of Flower drew.
+        state.sent = dict(sorted(state.sent.items(), key=lambda item: keys[item[0]]))
         by_node = {reply.metadata.src_node_id: reply for reply in replies}
         examples_key = getattr(self.strategy, "weighted_by_key", "num-examples")
         jobs: list[AuditJob] = []
@@ -411,9 +427,10 @@ class AuditedStrategy(Strategy):
                             model_fn=self.model_fn, data_spec=self.data_spec, audit=self.audit,
                             examples_key=examples_key)
             if isinstance(job, str):
-                state.audits.append(ClientAudit(node_id=node, attack=self.audit.attack, status="skipped",
-                                                reason=job))
+                state.audits.append(ClientAudit(node_id=node, client_key=keys[node], attack=self.audit.attack,
+                                                status="skipped", reason=job))
             else:
+                job.client_key = keys[node]
                 jobs.append(job)
         if not jobs:
             return
@@ -422,7 +439,8 @@ class AuditedStrategy(Strategy):
                 jobs, self.audit.attack, self.attack_config, self._attacked,
                 progress=lambda done, total: self.sinks.attack_progress(server_round, done, total))
         except Exception as error:
-            state.audits.extend(ClientAudit(node_id=job.node_id, attack=self.audit.attack, status="failed",
+            state.audits.extend(ClientAudit(node_id=job.node_id, client_key=job.client_key,
+                                            attack=self.audit.attack, status="failed",
                                             reason=f"executor failed: {type(error).__name__}: {error}",
                                             num_images=job.num_images, note=job.note) for job in jobs)
             self._machinery_failed(server_round, f"the {self.executor.name} executor", error)
@@ -433,7 +451,8 @@ class AuditedStrategy(Strategy):
         """An attack's result: a failed audit, or one whose reconstructions go to the client to be scored."""
         loss = getattr(result, "loss", None)
         common: dict[str, Any] = dict(
-            node_id=job.node_id, attack=self.audit.attack, num_images=job.num_images, note=job.note,
+            node_id=job.node_id, client_key=job.client_key, attack=self.audit.attack,
+            num_images=job.num_images, note=job.note,
             local_steps=job.local_steps, batch_size=job.batch_size,
             seconds=float(getattr(result, "seconds", 0.0) or 0.0),
             attack_loss=float(loss) if loss is not None and math.isfinite(float(loss)) else None)
@@ -465,6 +484,7 @@ class AuditedFedAvg(AuditedStrategy):
 
     def __init__(self, *, model_fn: Callable[[], nn.Module], data_spec: DataSpec, audit: AuditConfig,
                  executor: Executor | None = None, sinks: Sequence[ReportSink] = (),
-                 semsim: SemSim | None = None, **fedavg_options: Any) -> None:
+                 semsim: SemSim | None = None, reply_order: Literal["arrival", "stable-key"] = "arrival",
+                 **fedavg_options: Any) -> None:
         super().__init__(FedAvg(**fedavg_options), model_fn=model_fn, data_spec=data_spec, audit=audit,
-                         executor=executor, sinks=sinks, semsim=semsim)
+                         executor=executor, sinks=sinks, semsim=semsim, reply_order=reply_order)

@@ -47,6 +47,7 @@ class AuditJob:
     batch_size: int | None = None
     scoring_handler: bool = False  # the client answers query.semsim_audit messages
     note: str | None = None
+    client_key: str | None = None  # what the client reports as its stable key (partition id)
 
 
 def group_jobs(jobs: Sequence[AuditJob], batch: bool = True) -> list[list[int]]:
@@ -57,7 +58,8 @@ def group_jobs(jobs: Sequence[AuditJob], batch: bool = True) -> list[list[int]]:
 
 
 def _failed(job: AuditJob, attack: str, reason: str, seconds: float = 0.0) -> ClientAudit:
-    return ClientAudit(node_id=job.node_id, attack=attack, status="failed", reason=reason, note=job.note,
+    return ClientAudit(node_id=job.node_id, client_key=job.client_key, attack=attack, status="failed",
+                       reason=reason, note=job.note,
                        seconds=seconds, num_images=job.num_images,
                        local_steps=job.local_steps, batch_size=job.batch_size)
 

@@ -64,8 +64,10 @@ _log = logging.getLogger("semsim_audit")
 _capture: ContextVar[_Capture | None] = ContextVar("semsim_audit_capture", default=None)
 # Set while an AuditedClientApp handles a message: query.semsim_audit reaches this app's mods.
 scoring_handler: ContextVar[bool] = ContextVar("semsim_audit_scoring_handler", default=False)
-# Judges by sha256, per process: a simulation's Ray actors handle many messages each.
-_judges: dict[str, SemSim] = {}
+# Judges per process (a simulation's Ray actors handle many messages each), by the whole checkpoint
+# sent: the weights' sha256 alone would let two judges with one network but different thresholds
+# or borderline bands share an entry.
+_judges: dict[tuple[str, str], SemSim] = {}
 
 
 @dataclass
@@ -156,9 +158,10 @@ def _keep(context: Context, audit_id: int, capture: _Capture) -> None:
 
 
 def _judge(sha256: str, checkpoint: bytes | None) -> SemSim:
-    if sha256 not in _judges:
-        _judges[sha256] = load_judge(sha256, checkpoint)
-    return _judges[sha256]
+    key = (sha256, "shipped" if checkpoint is None else hashlib.sha256(checkpoint).hexdigest())
+    if key not in _judges:
+        _judges[key] = load_judge(sha256, checkpoint)
+    return _judges[key]
 
 
 def _answer(audit_id: int, raw_request: Any, context: Context) -> ConfigRecord:

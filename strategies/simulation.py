@@ -38,7 +38,7 @@ from semsim_audit.models import model_for
 from semsim_audit.report import PrivacyReport, ReportSink
 from semsim_audit.strategies.audited import AuditedFedAvg
 from semsim_audit.strategies.client import evaluate_model, make_client_app
-from semsim_audit.strategies.executors import RayExecutor
+from semsim_audit.strategies.executors import Executor, RayExecutor
 from semsim_audit.strategies.mods import audit_mod
 from semsim_audit.strategies.protocol import EXPORT_ORIGINALS_KEY
 
@@ -147,7 +147,8 @@ def run_audited_simulation(*, dataset: str | Dataset = "photos",
                            samples_per_client: int | None = None,
                            wrap_strategy: Callable[[Strategy], Strategy] | None = None,
                            data_spec: DataSpec | None = None,
-                           test_dataset: Dataset | None = None) -> PrivacyReport:
+                           test_dataset: Dataset | None = None,
+                           executor: Executor | None = None) -> PrivacyReport:
     """Run an audited FedAvg simulation and return its PrivacyReport (also on disk with out_dir).
 
     Parameters
@@ -164,6 +165,9 @@ def run_audited_simulation(*, dataset: str | Dataset = "photos",
         Wraps the inner FedAvg inside the audit (e.g. Flower's client-side DP wrapper,
         ``semsim_audit.strategies.defenses.dp_fixed_strategy``): the audit sees the replies before
         that wrapper does.
+    executor : Executor, optional
+        Where the audit's attacks run, in place of the one ``audit.executor`` names (the defense sweep
+        passes one that also runs its other attacks on the same observations).
     """
     from flwr.simulation import run_simulation  # pulls in Ray: seconds, so only when a simulation runs
 
@@ -214,7 +218,6 @@ def run_audited_simulation(*, dataset: str | Dataset = "photos",
     seed_everything(seed)
     initial_arrays = ArrayRecord(model_fn().state_dict())
 
-    executor = None
     backend: dict[str, Any] = {k: dict(v) if isinstance(v, Mapping) else v
                                for k, v in (backend_config or {}).items()}
     backend.setdefault("client_resources", {"num_cpus": 1, "num_gpus": 0.0})
@@ -222,15 +225,17 @@ def run_audited_simulation(*, dataset: str | Dataset = "photos",
     init_args.setdefault("logging_level", "ERROR")
     init_args.setdefault("log_to_driver", False)
     init_args.setdefault("include_dashboard", False)
-    if audit.executor == "ray" and audit.ray_address is None:
+    if executor is None and audit.executor == "ray" and audit.ray_address is None:
         init_args.setdefault("resources", {AUDIT_RESOURCE: 1})
         executor = RayExecutor(num_cpus=0, num_gpus=audit.ray_num_gpus, batch=audit.batch_jobs,
                                resources={AUDIT_RESOURCE: 1})
 
     min_train = max(1, int(num_clients * fraction_train))
+    # Replies in partition order: the same seed then aggregates to the same bits, whatever order
+    # Ray's workers answered in.
     strategy = AuditedFedAvg(model_fn=model_fn, data_spec=spec, audit=audit, executor=executor,
-                             sinks=sinks, fraction_train=fraction_train, fraction_evaluate=0.0,
-                             min_train_nodes=min_train, min_evaluate_nodes=0,
+                             sinks=sinks, reply_order="stable-key", fraction_train=fraction_train,
+                             fraction_evaluate=0.0, min_train_nodes=min_train, min_evaluate_nodes=0,
                              min_available_nodes=num_clients)
     if wrap_strategy is not None:
         strategy.strategy = wrap_strategy(strategy.strategy)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
@@ -56,3 +57,30 @@ def test_demo_with_tiny_settings_writes_every_file(tmp_path: Path) -> None:
             assert data_uri(run_dir / score.reconstruction_image) in html
     assert (run_dir / "rounds.csv").read_text().count("\n") == 3
     assert f"report: {run_dir / 'report.html'}\n" in completed.stdout
+
+
+# The only columns allowed to differ between two runs of the same command: wall-clock times, and the
+# worst client's node id (Flower's engine draws node ids at random each run; the audited clients are
+# chosen by partition, which the report's client keys show).
+VARYING_COLUMNS = ("attack_seconds", "finished_at", "worst_client")
+
+
+def _rounds_that_must_repeat(run_dir: Path) -> list[dict[str, str]]:
+    with (run_dir / "rounds.csv").open(newline="") as handle:
+        return [{k: v for k, v in row.items() if k not in VARYING_COLUMNS} for row in csv.DictReader(handle)]
+
+
+@pytest.mark.slow
+def test_the_same_demo_command_twice_gives_the_same_rounds(tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    rows = []
+    for attempt in ("first", "second"):
+        completed = subprocess.run(
+            [sys.executable, "-m", "semsim_audit.cli.main", "demo", "--rounds", "3", "--clients", "4",
+             "--audited", "2", "--iterations", "5", "--device", "cpu", "--seed", "3", "--no-images",
+             "--out", str(tmp_path / attempt)], capture_output=True, text=True, env=env, timeout=600)
+        assert completed.returncode == 0, completed.stdout + completed.stderr
+        (run_dir,) = (tmp_path / attempt).iterdir()
+        rows.append(_rounds_that_must_repeat(run_dir))
+    assert len(rows[0]) == 3 and all(row["leakage_rate"] and row["mean_psnr"] for row in rows[0])
+    assert rows[0] == rows[1]

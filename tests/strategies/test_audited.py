@@ -124,6 +124,9 @@ def test_clients_are_chosen_by_their_stable_key_not_by_node_id(setup, small_sems
         partition = {node: int(c.node_config["partition-id"]) for node, c in grid.contexts.items()}
         strategy.start(grid=grid, initial_arrays=ArrayRecord(setup.model_fn().state_dict()), num_rounds=3,
                        train_config=ConfigRecord({"lr": 0.1}))
+        for record in strategy.report.rounds:  # the report names each audit by the key too
+            assert [c.client_key for c in record.clients] == [f"partition-{partition[c.node_id]}"
+                                                              for c in record.clients]
         return [[partition[c.node_id] for c in r.clients] for r in strategy.report.rounds]
 
     first = audited_partitions([100, 101], seed=6)
@@ -131,6 +134,25 @@ def test_clients_are_chosen_by_their_stable_key_not_by_node_id(setup, small_sems
     assert audited_partitions([9003, 502], seed=6) == first
     assert all(len(picked) == 1 for picked in first)
     assert len({p for picked in first for p in picked}) == 2  # the seeded draw does vary by round
+
+
+def test_stable_key_order_hands_the_inner_strategy_the_replies_in_partition_order(setup,
+                                                                                   small_semsim) -> None:
+    def seen_partitions(node_ids: list[int], order: str) -> list[int]:
+        inner = SpyStrategy()
+        strategy = _audited(setup, small_semsim, inner=inner, audit=_audit(clients=2), reply_order=order)
+        app = make_client_app(setup.model_fn, setup.load_partition)
+        grid = LocalGrid(app, 2, EXPORT, node_ids=node_ids)
+        partition = {node: int(c.node_config["partition-id"]) for node, c in grid.contexts.items()}
+        strategy.start(grid=grid, initial_arrays=ArrayRecord(setup.model_fn().state_dict()), num_rounds=1,
+                       train_config=ConfigRecord({"lr": 0.1}))
+        return [partition[reply.metadata.src_node_id] for reply in inner.seen]
+
+    # Node ids that sort against the partitions: arrival follows the node ids, stable-key the partitions.
+    assert seen_partitions([900, 100], "stable-key") == [0, 1]
+    assert seen_partitions([900, 100], "arrival") != [0, 1]
+    with pytest.raises(ValueError, match="reply_order must be"):
+        _audited(setup, small_semsim, reply_order="random")
 
 
 def test_named_node_ids_are_audited_when_sampled(setup, small_semsim) -> None:
