@@ -107,14 +107,16 @@ def demo(
     model: ModelOption = "lenet",
     uniform_init: Annotated[bool, typer.Option(
         help="LeNet only: DLG's uniform(-0.5, 0.5) weights, the setting of the DLG paper.")] = True,
-    attack_name: AttackOption = "inverting-gradients",
-    rounds: RoundsOption = 3,
-    clients: ClientsOption = 4,
+    attack_name: AttackOption = "idlg",
+    rounds: RoundsOption = 40,
+    clients: ClientsOption = 16,
     audited: AuditedOption = 2,
-    iterations: IterationsOption = 300,
+    every: Annotated[int, typer.Option(
+        help="Audit rounds 1, 1+N, 1+2N, ... (the untrained model first).")] = 13,
+    iterations: IterationsOption = 100,
     local_steps: LocalStepsOption = 1,
     batch_size: BatchSizeOption = 1,
-    lr: LrOption = 0.01,
+    lr: LrOption = 0.1,
     device: DeviceOption = "auto",
     out: Annotated[Path, typer.Option(help="Folder that receives one run folder per run.")] = Path("runs"),
     images: Annotated[bool, typer.Option(help="Save originals and reconstructions (grids, HTML).")] = True,
@@ -124,10 +126,14 @@ def demo(
 ) -> None:
     """The main job: a real Flower simulation whose clients' updates are attacked and scored, live.
 
-    Every client trains in every round; --audited of them are attacked.
+    Every client trains in every round; --audited of them are attacked every --every rounds. The
+    defaults are FedSGD on single images (one local step, batch 1): the model learns (16 clients'
+    gradients averaged per round) and each client's update is the gradient of one image, which
+    iDLG inverts (see the README).
     """
     for value, minimum, option in ((rounds, 1, "--rounds"), (clients, 1, "--clients"),
-                                   (audited, 1, "--audited"), (iterations, 1, "--iterations"),
+                                   (audited, 1, "--audited"), (every, 1, "--every"),
+                                   (iterations, 1, "--iterations"),
                                    (local_steps, 1, "--local-steps"), (batch_size, 1, "--batch-size"),
                                    (seed, 0, "--seed")):
         at_least(value, minimum, option)
@@ -160,7 +166,7 @@ def demo(
     except OSError as error:
         fail_run(f"--out: cannot create a run folder under {out}: {error.strerror or error}")
     audit = AuditConfig(attack=attack_name, attack_config={"iterations": iterations}, clients=audited,
-                        seed=seed, out_dir=run_dir, save_images=images, device=str(torch_device),
+                        every=every, seed=seed, out_dir=run_dir, save_images=images, device=str(torch_device),
                         semsim_checkpoint=str(semsim_checkpoint) if semsim_checkpoint else None)
 
     # Flower (and Ray) load only here: every other command starts without them.
@@ -168,7 +174,8 @@ def demo(
 
     console = Console()
     console.print(f"[bold]semsim-audit demo[/]: {clients} clients x {rounds} rounds of FedAvg on {dataset!r} "
-                  f"({model}), {attack_name} ({iterations} iterations) on {audited} client(s) a round, "
+                  f"({model}), {attack_name} ({iterations} iterations) on {audited} client(s) every {every} "
+                  f"round(s), "
                   f"device {torch_device}")
     _print_path(console, "run folder", run_dir)
     views = RunFolderSink(run_dir)

@@ -66,7 +66,8 @@ def test_demo_logs_every_round_to_tensorboard(tmp_path: Path) -> None:
     board = tmp_path / "tb"
     completed = subprocess.run(
         [sys.executable, "-m", "semsim_audit.cli.main", "demo", "--rounds", "2", "--clients", "2",
-         "--audited", "1", "--iterations", "3", "--device", "cpu", "--out", str(tmp_path / "runs"),
+         "--audited", "1", "--every", "1", "--iterations", "3", "--device", "cpu",
+         "--out", str(tmp_path / "runs"),
          "--tensorboard", str(board)],
         capture_output=True, text=True, env=env, timeout=600)
     assert completed.returncode == 0, completed.stdout + completed.stderr

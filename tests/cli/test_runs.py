@@ -34,7 +34,8 @@ def test_demo_with_tiny_settings_writes_every_file(tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     completed = subprocess.run(
         [sys.executable, "-m", "semsim_audit.cli.main", "demo", "--rounds", "2", "--clients", "2",
-         "--audited", "1", "--iterations", "3", "--device", "cpu", "--out", str(tmp_path / "runs")],
+         "--audited", "1", "--every", "1", "--iterations", "3", "--device", "cpu",
+         "--out", str(tmp_path / "runs")],
         capture_output=True, text=True, env=env, timeout=600)
     assert completed.returncode == 0, completed.stdout + completed.stderr
     assert "Traceback" not in completed.stderr
@@ -77,7 +78,8 @@ def test_the_same_demo_command_twice_gives_the_same_rounds(tmp_path: Path) -> No
     for attempt in ("first", "second"):
         completed = subprocess.run(
             [sys.executable, "-m", "semsim_audit.cli.main", "demo", "--rounds", "3", "--clients", "4",
-             "--audited", "2", "--iterations", "5", "--device", "cpu", "--seed", "3", "--no-images",
+             "--audited", "2", "--every", "1", "--iterations", "5", "--device", "cpu", "--seed", "3",
+             "--no-images",
              "--out", str(tmp_path / attempt)], capture_output=True, text=True, env=env, timeout=600)
         assert completed.returncode == 0, completed.stdout + completed.stderr
         (run_dir,) = (tmp_path / attempt).iterdir()
