@@ -22,7 +22,7 @@ import argparse
 import copy
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -135,7 +135,8 @@ def _summary(all_scores: list[Any], accuracies: list[float | None], seconds: flo
                   mean([s.semsim for s in all_scores]), mean(accuracies), seconds)
 
 
-def run_case(case: Case, semsim: SemSim, *, quick: bool, device: torch.device) -> dict[str, Any]:
+def run_case(case: Case, semsim: SemSim, *, quick: bool, device: torch.device,
+             with_reference: bool = True) -> dict[str, Any]:
     seed_everything(0)
     photos = load_dataset("photos", train=False)
     spec = photos.spec
@@ -166,7 +167,9 @@ def run_case(case: Case, semsim: SemSim, *, quick: bool, device: torch.device) -
                            "reference_iterations": reference_iterations}
 
     reference: Callable[[Observation, torch.Tensor], ReferenceResult] | None
-    if case.reference in ("dlg", "idlg"):
+    if not with_reference:
+        reference = None
+    elif case.reference in ("dlg", "idlg"):
         def reference(observation: Observation, truth: torch.Tensor) -> ReferenceResult:
             return dlg_reference(observation, steps=reference_iterations,
                                  joint_labels=case.reference == "dlg")
@@ -216,8 +219,8 @@ def throughput(ks: list[int], iterations: int, device: torch.device) -> list[dic
 
 
 def _cell(scores: Scores | None, field_name: str, spec: str) -> str:
-    if scores is None:
-        return "not installed"
+    if scores is None:  # --no-reference, or breaching not installed (the first line says which)
+        return "n/a"
     return format_value(getattr(scores, field_name), spec)
 
 
@@ -254,7 +257,16 @@ def main() -> None:
     parser.add_argument("--semsim", default=None, help="SemSim checkpoint (default: the shipped one)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     parser.add_argument("--quick", action="store_true", help="2 iterations everywhere: a smoke test")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one of our AttackConfig settings in every case (e.g. tv_weight=0.2)")
+    parser.add_argument("--no-reference", action="store_true", help="run only our attacks")
     args = parser.parse_args()
+    overrides: dict[str, Any] = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if not value or key not in AttackConfig.model_fields:
+            parser.error(f"--set {item!r}: expected KEY=VALUE with KEY an AttackConfig field")
+        overrides[key] = value  # AttackConfig (pydantic) converts and checks it
     if args.threads:
         torch.set_num_threads(args.threads)
     device = select_device(args.device)
@@ -268,7 +280,9 @@ def main() -> None:
           f"{'installed' if breaching_available() else 'not installed'}")
     rows = []
     for case in (c for c in CASES if c.name in names):
-        rows.append(run_case(case, semsim, quick=args.quick, device=device))
+        case = replace(case, overrides={**case.overrides, **overrides})
+        rows.append(run_case(case, semsim, quick=args.quick, device=device,
+                             with_reference=not args.no_reference))
         print(f"  {case.name}: done", flush=True)
     if rows:
         print_quality(rows)
