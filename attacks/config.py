@@ -52,6 +52,9 @@ class AttackConfig(BaseModel):
     layer_weights: tuple[Weight, ...] | None = Field(
         None, min_length=1, description="one weight per parameter tensor in the matching loss")
     schedule: bool = Field(False, description="lr x 0.1 at 3/8, 5/8 and 7/8 of the run")
+    match_support: bool = Field(
+        False, description="compare only the coordinates where the observed update is non-zero: the "
+                           "adaptive attack on a pruned (sparsified) update, whose zeros are no evidence")
     box: bool = Field(False, description="keep pixels inside [0, 1] after every step")
 
     @field_validator("device")

@@ -21,14 +21,18 @@ def _per_trial_sum(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def gradient_distance(produced: dict[str, torch.Tensor], observed: dict[str, torch.Tensor],
-                      layer_weights: Sequence[float], objective: str) -> torch.Tensor:
+                      layer_weights: Sequence[float], objective: str,
+                      support_only: bool = False) -> torch.Tensor:
     """Distance (T,) between each trial's gradient (or update) and the observed one, over all layers.
 
     Tensors are (T, *parameter shape). ``l2``: weighted sum of squared differences (DLG).
     ``cosine``: 1 - cosine similarity of the layer-weighted concatenation of all layers (Inverting
-    Gradients).
+    Gradients). ``support_only``: the produced gradient is compared on the observed one's non-zero
+    coordinates alone (a pruned update's zeros say what was dropped, not what the gradient was).
     """
     names = list(observed)
+    if support_only:
+        produced = {n: produced[n] * (observed[n] != 0) for n in names}
     pairs = [(produced[n], observed[n], w) for n, w in zip(names, layer_weights, strict=True)]
     if objective == "l2":
         return sum(w * _per_trial_sum((p - o).pow(2)) for p, o, w in pairs)

@@ -313,7 +313,8 @@ class StackedProgram:
             probabilities = self.probabilities
         with torch.enable_grad():
             produced = self._produced(candidates, probabilities)
-            matching = gradient_distance(produced, self.target, setup.layer_weights, setup.settings.objective)
+            matching = gradient_distance(produced, self.target, setup.layer_weights, setup.settings.objective,
+                                         setup.settings.match_support)
             total = matching + setup.priors(candidates)
             if self.bn_running:
                 self.stack.records = []
@@ -390,7 +391,7 @@ class VmapProgram:
             produced = produced_update(params, buffers, images, probabilities, hyper)
             one = {n: t.unsqueeze(0) for n, t in produced.items()}
             matching = gradient_distance(one, {n: t.unsqueeze(0) for n, t in target.items()},
-                                         setup.layer_weights, settings.objective)[0]
+                                         setup.layer_weights, settings.objective, settings.match_support)[0]
             total = matching + setup.priors(images.unsqueeze(0))[0]
             if probe is not None:
                 probe.records = []

@@ -18,6 +18,9 @@ run-config key                    meaning
 ``defense.noise.sigma``           noise_mod: Gaussian noise of std ``sigma x norm`` added to every entry
 ``defense.noise.clip``            noise_mod: the update is first clipped to this L2 norm and ``norm`` is
                                   this bound; absent: no clipping and ``norm`` is the update's own L2 norm
+``defense.gaussian.variance``     gaussian_mod: Gaussian noise of this variance added to every entry
+                                  (absolute, not relative to the norm: DLG's section-5 defense)
+``defense.laplacian.variance``    laplacian_mod: Laplacian noise of this variance (scale sqrt(v / 2))
 ``defense.quantize.bits``         quantize_mod: ``"sign"`` (each layer becomes
                                   ``sign(update) x mean|update|``) or an int b in [1, 16]: unbiased
                                   stochastic rounding of each layer onto ``2**b`` evenly spaced levels
@@ -60,7 +63,7 @@ from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping, 
 __all__ = [
     "BUFFER_SUFFIXES", "DEFENSES", "Defense", "DEFENSE_KEYS", "Strength", "is_parameter", "update_norm",
     "clip_update", "noise_update", "prune_update", "quantize_update", "prune_mod", "clip_mod", "noise_mod",
-    "quantize_mod",
+    "gaussian_mod", "laplacian_mod", "defend_update", "quantize_mod",
     "localdp_mod", "dp_fixed_clipping_mod", "parameters_only", "defense_mods", "dp_fixed_strategy",
 ]
 
@@ -115,6 +118,10 @@ DEFENSES: dict[str, Defense] = {
     "none": Defense(None, None, meaning="no defense"),
     "noise": Defense("defense.noise.sigma", _number(0.0), {"clip": _number(0.0, low_open=True)},
                      "Gaussian noise, std sigma x norm (norm: noise.clip, else the update's own)"),
+    "gaussian": Defense("defense.gaussian.variance", _number(0.0),
+                        meaning="Gaussian noise of this variance on every entry (absolute, as in DLG)"),
+    "laplacian": Defense("defense.laplacian.variance", _number(0.0),
+                         meaning="Laplacian noise of this variance on every entry (absolute, as in DLG)"),
     "prune": Defense("defense.prune.share", _number(0.0, 1.0),
                      meaning="share of each layer's update zeroed (smallest magnitudes)"),
     "clip": Defense("defense.clip.norm", _number(0.0, low_open=True), meaning="L2 bound on the update"),
@@ -162,11 +169,16 @@ def clip_update(update: Mapping[str, np.ndarray], max_norm: float) -> Update:
 
 
 def noise_update(update: Mapping[str, np.ndarray], sigma: float, norm: float,
-                 rng: np.random.Generator) -> Update:
-    """Add Gaussian noise of std ``sigma * norm`` to every entry."""
+                 rng: np.random.Generator, distribution: str = "gaussian") -> Update:
+    """Add noise of std ``sigma * norm`` to every entry: Gaussian, or Laplacian of the same variance."""
     if sigma < 0:
         raise ValueError(f"noise sigma must be >= 0, got {sigma}")
     std = sigma * norm
+    if distribution == "laplacian":
+        # Laplace(b) has variance 2 b^2.
+        return {k: v + rng.laplace(0.0, std / math.sqrt(2.0), size=v.shape) for k, v in update.items()}
+    if distribution != "gaussian":
+        raise ValueError(f"noise distribution must be 'gaussian' or 'laplacian', got {distribution!r}")
     return {k: v + rng.normal(0.0, std, size=v.shape) for k, v in update.items()}
 
 
@@ -344,6 +356,62 @@ def noise_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> M
     return _update_mod("noise_mod", "defense.noise.sigma", msg, context, call_next, transform)
 
 
+def _variance_noise_mod(distribution: str) -> Mod:
+    key = f"defense.{distribution}.variance"
+
+    def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        def transform(update: Update, ctx: Context, rng: np.random.Generator) -> tuple[Update, dict]:
+            variance = _float(ctx, key)
+            if variance < 0:
+                raise ValueError(f"{key} must be >= 0, got {variance}")
+            return noise_update(update, math.sqrt(variance), 1.0, rng, distribution), {key: variance}
+
+        return _update_mod(f"{distribution}_mod", key, msg, context, call_next, transform)
+
+    mod.__name__ = f"{distribution}_mod"
+    mod.__doc__ = f"Add {distribution.capitalize()} noise of variance ``{key}`` to every update entry."
+    return mod
+
+
+gaussian_mod = _variance_noise_mod("gaussian")
+laplacian_mod = _variance_noise_mod("laplacian")
+
+
+def defend_update(update: Mapping[str, np.ndarray], run_config: Mapping[str, Any],
+                  rng: np.random.Generator) -> Update:
+    """The update as :func:`defense_mods` would send it, for an update computed outside Flower.
+
+    The same transforms in the mods' order (prune, clip, noise, gaussian, laplacian, quantize), each
+    on when its key is in ``run_config``. Flower's own DP mods (``localdp``, ``dp-fixed``) need a
+    Flower run: asking for them raises ValueError, as does a bad value.
+    """
+    flower_only = [k for k in (*DEFENSE_KEYS["localdp"], *DEFENSE_KEYS["dp-fixed"]) if k in run_config]
+    if flower_only:
+        raise ValueError(f"{flower_only[0]}: Flower's DP mods run only inside a Flower run")
+    defended: Update = {k: np.asarray(v, dtype=np.float64) for k, v in update.items()}
+    config = run_config
+    if config.get("defense.prune.share") is not None:
+        defended = prune_update(defended, float(config["defense.prune.share"]))
+    if config.get("defense.clip.norm") is not None:
+        defended = clip_update(defended, float(config["defense.clip.norm"]))
+    if config.get("defense.noise.sigma") is not None:
+        if config.get("defense.noise.clip") is None:
+            norm = update_norm(defended)
+        else:
+            norm = float(config["defense.noise.clip"])
+            defended = clip_update(defended, norm)
+        defended = noise_update(defended, float(config["defense.noise.sigma"]), norm, rng)
+    for distribution in ("gaussian", "laplacian"):
+        variance = config.get(f"defense.{distribution}.variance")
+        if variance is not None:
+            if float(variance) < 0:
+                raise ValueError(f"defense.{distribution}.variance must be >= 0, got {variance}")
+            defended = noise_update(defended, math.sqrt(float(variance)), 1.0, rng, distribution)
+    if config.get("defense.quantize.bits") is not None:
+        defended = quantize_update(defended, _bits(config["defense.quantize.bits"]), rng)
+    return defended
+
+
 def _bits(value: Any) -> int | str:
     """Run-config bits: "sign", an int, or an int written as a string ("4") from the command line."""
     if isinstance(value, str) and value.strip().isdigit():
@@ -443,11 +511,12 @@ def defense_mods() -> list[Mod]:
     """Every defense, in the order of a ClientApp's ``mods`` list.
 
     Flower runs the reply through the mods from the last to the first, so the update is defended by
-    prune, then clip, then noise, then quantize, then LocalDpMod, then Flower's fixed clipping (which
-    Flower asks to be the last to touch the arrays). Put an audit mod before these so it sees the
-    defended update.
+    prune, then clip, then noise, gaussian and laplacian noise, then quantize, then LocalDpMod, then
+    Flower's fixed clipping (which Flower asks to be the last to touch the arrays). Put an audit mod
+    before these so it sees the defended update.
     """
-    return [dp_fixed_clipping_mod, localdp_mod, quantize_mod, noise_mod, clip_mod, prune_mod]
+    return [dp_fixed_clipping_mod, localdp_mod, quantize_mod, laplacian_mod, gaussian_mod, noise_mod,
+            clip_mod, prune_mod]
 
 
 def dp_fixed_strategy(strategy: Strategy, run_config: Mapping[str, Any],

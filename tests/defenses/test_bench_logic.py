@@ -1,4 +1,4 @@
-"""The sweep logic: spec parsing, the cell grid, resumable state, aggregation and the Pareto front."""
+"""The sweep logic: specs, the cell grid, resumable state, the strongest attack, intervals, the front."""
 
 from __future__ import annotations
 
@@ -10,19 +10,35 @@ from pathlib import Path
 import pytest
 
 from semsim_audit.bench import (
+    ADAPTIVE_ATTACKS,
+    DEFAULT_ATTACKS,
+    DEFAULT_DEFENSES,
+    FEDERATION,
+    PRESETS,
+    AttackSpec,
     Cell,
     CellResult,
     DefenseSpec,
     SweepState,
     aggregate,
+    cell_attacks,
     cell_grid,
+    markdown_table,
+    parse_attack,
     parse_defense,
     parse_defense_option,
     result_from_report,
     run_sweep,
+    seed_interval,
     write_outputs,
 )
-from semsim_audit.report import ClientAudit, PrivacyReport, ReconstructionScore, RoundRecord
+from semsim_audit.report import (
+    ClientAudit,
+    PrivacyReport,
+    ReconstructionScore,
+    RoundRecord,
+    wilson_interval,
+)
 
 
 def test_parse_defense_specs() -> None:
@@ -174,7 +190,7 @@ def test_write_outputs(tmp_path: Path) -> None:
                CellResult("prune", 0.9, 0, "failed", reason="OOM")]
     rows = aggregate(results)
     files = write_outputs(rows, results, {"dataset": "photos"}, tmp_path)
-    assert set(files) == {"csv", "json", "plot", "html"}
+    assert set(files) == {"csv", "json", "markdown", "plot", "html"}
     table = list(csv.DictReader(files["csv"].open()))
     assert [t["defense"] for t in table] == ["none", "noise", "prune"]
     assert table[0]["accuracy_mean"] == "0.8" and table[2]["seeds"] == "0"
@@ -183,3 +199,172 @@ def test_write_outputs(tmp_path: Path) -> None:
     page = files["html"].read_text()
     assert "data:image/png;base64," in page and "OOM" in page and "noise 0.1" in page
     assert files["plot"].stat().st_size > 1000
+
+
+# ------------------------------------------------------------------ attacks: the strongest one decides
+
+
+def _audits(attack: str, flags: list[bool], semsim: float, node: int = 1) -> ClientAudit:
+    return ClientAudit(node_id=node, attack=attack, status="ok", scores=[
+        ReconstructionScore(original_index=i, semsim=semsim, recognizable=f, psnr=20.0, ssim=0.5)
+        for i, f in enumerate(flags)])
+
+
+def _multi_attack_report(accuracy: float = 0.4) -> PrivacyReport:
+    rounds = [RoundRecord(round=1, clients=[_audits("inverting-gradients", [True, False], 0.5),
+                                            _audits("idlg", [True, True], 0.2)]),
+              RoundRecord(round=21, accuracy=accuracy,
+                          clients=[_audits("inverting-gradients", [False, False], 0.9),
+                                   _audits("idlg", [True, False], 0.4)])]
+    return PrivacyReport(rounds=rounds)
+
+
+def test_the_cell_reports_its_strongest_attack_and_every_attack() -> None:
+    result = result_from_report(Cell("prune", 0.9, 0), _multi_attack_report(), 2.0)
+    # idlg: 3 of 4 recognizable; inverting-gradients: 1 of 4. The higher leakage is the cell's.
+    assert result.attack == "idlg" and result.leakage_rate == 0.75
+    assert (result.recognizable, result.reconstructions) == (3, 4)
+    assert result.attacks["inverting-gradients"]["leakage_rate"] == 0.25
+    assert result.mean_semsim == pytest.approx(0.3) and result.accuracy == 0.4
+    # Wilson interval of 3 of 4, and the per-round intervals of each attack.
+    assert (result.leakage_low, result.leakage_high) == pytest.approx(wilson_interval(3, 4))
+    rounds = result.attacks["idlg"]["rounds"]
+    assert [(r["round"], r["leakage_rate"]) for r in rounds] == [(1, 1.0), (21, 0.5)]
+    assert (rounds[0]["leakage_low"], rounds[0]["leakage_high"]) == pytest.approx(wilson_interval(2, 2))
+
+
+def test_equal_leakage_goes_to_the_closer_attack() -> None:
+    report = PrivacyReport(rounds=[RoundRecord(round=1, clients=[
+        _audits("inverting-gradients", [False, False], 0.9), _audits("idlg", [False, False], 0.7)])])
+    assert result_from_report(Cell("noise", 0.1, 0), report, 1.0).attack == "idlg"
+
+
+def _seed(defense: str, strength, seed: int, accuracy: float, leaks: dict[str, float]) -> CellResult:
+    attacks = {name: {"leakage_rate": rate, "judged": 8, "recognizable": round(rate * 8), "mean_semsim": 0.5,
+                      "mean_psnr": 20.0, "mean_ssim": 0.5} for name, rate in leaks.items()}
+    strongest = max(leaks, key=leaks.get)
+    return CellResult(defense, strength, seed, "ok", accuracy=accuracy, leakage_rate=leaks[strongest],
+                      attack=strongest, attacks=attacks)
+
+
+def test_a_row_takes_the_attack_strongest_over_its_seeds() -> None:
+    # Seed 0 leaks most to idlg, seed 1 to IG; IG is the stronger one on average (0.55 > 0.5).
+    results = [_seed("none", None, 0, 0.4, {"inverting-gradients": 0.5, "idlg": 0.625}),
+               _seed("none", None, 1, 0.38, {"inverting-gradients": 0.625, "idlg": 0.375})]
+    (row,) = aggregate(results)
+    assert row.attack == "inverting-gradients"
+    assert row.mean["leakage_rate"] == pytest.approx(0.5625)
+    assert row.attacks == pytest.approx({"inverting-gradients": 0.5625, "idlg": 0.5})
+    # The pooled Wilson interval counts that attack's reconstructions over both seeds: 9 of 16.
+    assert (row.recognizable, row.judged) == (9, 16)
+    assert row.wilson == pytest.approx(wilson_interval(9, 16))
+
+
+def test_seed_interval_is_students_t() -> None:
+    assert seed_interval([0.3]) is None
+    low, high = seed_interval([0.30, 0.40])
+    # Two seeds: t(0.975, 1) = 12.706; s = 0.0707, s / sqrt(2) = 0.05.
+    assert (low, high) == pytest.approx((0.35 - 12.706 * 0.05, 0.35 + 12.706 * 0.05), abs=1e-3)
+    assert seed_interval([0.30, 0.40], clip=True) == pytest.approx((0.0, 0.985), abs=1e-3)
+    low, high = seed_interval([0.2, 0.3, 0.4])
+    assert (low, high) == pytest.approx((0.3 - 4.303 * 0.1 / math.sqrt(3), 0.3 + 4.303 * 0.1 / math.sqrt(3)),
+                                        abs=1e-3)
+
+
+def test_rows_show_intervals_over_seeds() -> None:
+    results = [_result("none", None, 0, 0.80, 0.9), _result("none", None, 1, 0.76, 0.7),
+               _result("noise", 0.1, 0, 0.40, 0.0)]
+    rows = {r.label: r for r in aggregate(results)}
+    assert rows["none"].interval["accuracy"] == pytest.approx(seed_interval([0.80, 0.76], clip=True))
+    assert rows["none"].interval["leakage_rate"] == pytest.approx(seed_interval([0.9, 0.7], clip=True))
+    assert rows["noise 0.1"].interval["accuracy"] is None  # one seed: no interval over seeds
+    table = markdown_table(list(rows.values()))
+    low, high = rows["none"].interval["accuracy"]
+    assert f"0.78 [{low:.2f}, {high:.2f}]" in table
+
+
+def test_the_front_says_when_intervals_do_not_separate_its_members() -> None:
+    def seeds(defense: str, strength, accuracies: list[float], leak: float) -> list[CellResult]:
+        return [_seed(defense, strength, i, a, {"idlg": leak}) for i, a in enumerate(accuracies)]
+
+    # Clearly apart: noise is both more private and (within tight intervals) as accurate.
+    apart = aggregate(seeds("none", None, [0.40, 0.41, 0.39], 1.0)
+                      + seeds("noise", 0.3, [0.10, 0.11, 0.09], 0.0))
+    assert [(r.label, r.pareto, r.rivals) for r in apart] == [("none", True, []), ("noise 0.3", True, [])]
+    # prune 0.9 is on the front by its means (more accurate than noise 0.01), but the seeds scatter
+    # so widely that noise 0.01, less leaky, may be as accurate: the front says so.
+    close = aggregate(seeds("noise", 0.01, [0.30, 0.40], 0.0) + seeds("prune", 0.9, [0.20, 0.60], 0.125))
+    rows = {r.label: r for r in close}
+    assert rows["prune 0.9"].pareto and rows["prune 0.9"].rivals == ["noise 0.01"]
+    assert rows["noise 0.01"].pareto and rows["noise 0.01"].rivals == ["prune 0.9"]
+    assert "* ≈ noise 0.01" in markdown_table(close)
+
+
+def test_attack_specs() -> None:
+    assert parse_attack("idlg") == AttackSpec("idlg")
+    assert parse_attack(" idlg:30 ") == AttackSpec("idlg", 30)
+    spec = parse_attack("inverting-gradients+mask:200")
+    assert (spec.label, spec.iterations, spec.mask) == ("inverting-gradients+mask", 200, True)
+    config = spec.config(50, 2, seed=3)
+    assert (config.iterations, config.restarts, config.match_support, config.seed) == (200, 2, True, 3)
+    assert AttackSpec("idlg").config(50, 1).iterations == 50
+    for bad, words in (("nope", "unknown attack 'nope'"), ("idlg:0", "positive integer"),
+                       ("idlg:x", "positive integer")):
+        with pytest.raises(ValueError, match="--attack") as error:
+            parse_attack(bad)
+        assert words in str(error.value)
+
+
+def test_pruning_cells_get_the_adaptive_attack() -> None:
+    attacks = [parse_attack(text) for text in DEFAULT_ATTACKS]
+    assert [a.label for a in cell_attacks("noise", attacks)] == ["inverting-gradients", "idlg"]
+    assert [a.label for a in cell_attacks("prune", attacks)] == ["inverting-gradients", "idlg",
+                                                                 "inverting-gradients+mask"]
+    plain = cell_attacks("prune", attacks, adaptive=False)
+    assert [a.label for a in plain] == ["inverting-gradients", "idlg"]
+    assert ADAPTIVE_ATTACKS["prune"] == ("inverting-gradients+mask",)
+    # Named twice, the first spec of a label wins.
+    twice = [parse_attack("idlg:30"), parse_attack("idlg:100")]
+    assert [a.iterations for a in cell_attacks("none", twice)] == [30]
+
+
+def test_the_dlg_presets_sweep_the_papers_strengths() -> None:
+    # Zhu et al., NeurIPS 2019, sec. 5: noise variance 1e-4..1e-1 (Gaussian and Laplacian), pruning
+    # 1%..70%, single images on the DLG LeNet, DLG with 300 L-BFGS iterations.
+    gpu, cpu = PRESETS["dlg-defenses"], PRESETS["dlg-defenses-cpu"]
+    for preset in (gpu, cpu):
+        specs = {spec.name: spec.strengths for spec in map(parse_defense, preset.defenses)}
+        assert specs == {"none": (None,), "gaussian": (1e-4, 1e-3, 1e-2, 1e-1),
+                         "laplacian": (1e-4, 1e-3, 1e-2, 1e-1), "prune": (0.01, 0.1, 0.2, 0.3, 0.5, 0.7)}
+        assert preset.options["attack_only"] and preset.options["model"] == "lenet"
+        assert preset.options["uniform_init"] and preset.options["dataset"] == "photos"
+        assert {parse_attack(a).attack for a in preset.attacks} == {"dlg", "idlg"}
+    assert [parse_attack(a).iterations for a in gpu.attacks] == [300, 300]
+    # The CPU variant: a smaller budget and fewer images, still two seeds for an interval.
+    assert all(parse_attack(a).iterations < 300 for a in cpu.attacks)
+    assert cpu.options["images"] < gpu.options["images"] and cpu.options["seeds"] >= 2
+
+
+def test_the_command_line_defaults_are_the_sweeps() -> None:
+    # The CLI writes them out (importing the sweep loads torch; --help must not wait for it).
+    import inspect
+
+    from semsim_audit.cli import bench as command
+
+    assert command.DEFAULT_DEFENSES == DEFAULT_DEFENSES and command.DEFAULT_ATTACKS == DEFAULT_ATTACKS
+    assert command.PRESET_NAMES == tuple(PRESETS)
+    defaults = {name: p.default for name, p in inspect.signature(command.bench).parameters.items()}
+    assert {key: defaults[key] for key in FEDERATION} == FEDERATION
+
+
+def test_a_sweep_without_accuracy_plots_leakage_against_strength(tmp_path: Path) -> None:
+    # Attack-only cells (the DLG preset) measure leakage alone: no front, a leakage-by-strength figure.
+    results = [CellResult("none", None, 0, "ok", leakage_rate=1.0),
+               *(CellResult("gaussian", v, 0, "ok", leakage_rate=rate)
+                 for v, rate in ((1e-4, 1.0), (1e-3, 0.5), (1e-2, 0.0))),
+               *(CellResult("prune", v, 0, "ok", leakage_rate=rate) for v, rate in ((0.1, 1.0), (0.5, 0.0)))]
+    rows = aggregate(results)
+    assert not any(r.pareto for r in rows)
+    files = write_outputs(rows, results, {}, tmp_path)
+    assert files["plot"].name == "leakage.png" and files["plot"].stat().st_size > 1000
+    assert "Leakage against strength" in files["html"].read_text()

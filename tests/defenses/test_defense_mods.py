@@ -22,11 +22,15 @@ from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping, 
 from semsim_audit.strategies.defenses import (
     DEFENSE_KEYS,
     DEFENSES,
+    _rng,
     clip_mod,
+    defend_update,
     defense_mods,
     dp_fixed_clipping_mod,
     dp_fixed_strategy,
+    gaussian_mod,
     is_parameter,
+    laplacian_mod,
     localdp_mod,
     noise_mod,
     prune_mod,
@@ -120,6 +124,7 @@ def test_mod_without_its_parameter_passes_through(mod) -> None:
 
 
 @pytest.mark.parametrize(("name", "text"), [("prune", "0.5"), ("clip", "0.01"), ("noise", "0.1"),
+                                            ("gaussian", "1e-2"), ("laplacian", "1e-2"),
                                             ("quantize", "sign"), ("localdp", "1.0")])
 def test_each_defense_of_the_table_is_turned_on_by_its_key(name: str, text: str) -> None:
     # The sweep sets DEFENSES[name].key to the parsed strength; the mods must react to exactly that.
@@ -195,6 +200,45 @@ def test_noise_without_clip_is_relative_to_the_update_norm() -> None:
     residual = np.concatenate([(_update(reply)[k] - true[k]).reshape(-1) for k in PARAMS])
     assert residual.std() == pytest.approx(0.01 * norm, rel=0.05)
     assert reply.content["metrics"]["defense.noise.norm"] == pytest.approx(norm)
+
+
+@pytest.mark.parametrize(("mod", "name"), [(gaussian_mod, "gaussian"), (laplacian_mod, "laplacian")])
+def test_variance_noise_is_absolute_with_the_declared_variance(mod, name: str) -> None:
+    # DLG's section-5 defense: noise of a given variance on every entry, whatever the update's norm.
+    variance = 1e-3
+    reply = _run([mod], **{f"defense.{name}.variance": variance, "defense.seed": 5})
+    residual = np.concatenate([(_update(reply)[k] - _true_update()[k]).reshape(-1) for k in PARAMS])
+    assert residual.var() == pytest.approx(variance, rel=0.1)
+    # Excess kurtosis tells the two apart: 0 for a Gaussian, 3 for a Laplacian (~2,200 draws).
+    kurtosis = float(np.mean(residual**4) / residual.var() ** 2 - 3.0)
+    assert (kurtosis > 1.5) == (name == "laplacian"), kurtosis
+    assert reply.content["metrics"][f"defense.{name}.variance"] == variance
+    _assert_buffers_untouched(reply)
+
+
+@pytest.mark.parametrize("run_config", [
+    {"defense.prune.share": 0.9},
+    {"defense.noise.sigma": 0.05, "defense.noise.clip": 0.5},
+    {"defense.gaussian.variance": 1e-4},
+    {"defense.laplacian.variance": 1e-4},
+    {"defense.quantize.bits": 4},
+    {"defense.clip.norm": 0.1},
+])
+def test_defend_update_is_what_the_mods_send(run_config: dict) -> None:
+    # The attack-only sweep defends gradients computed outside Flower with these same transforms.
+    seed = {"defense.seed": 2, **run_config}
+    sent = _update(_run(defense_mods(), **seed))
+    # The mods seed their generator with the node and the global weights; replay the same draw.
+    rng = _rng(_context(**seed), ArrayRecord({k: Array(v.copy()) for k, v in GLOBAL.items()}))
+    defended = defend_update(_true_update(), seed, rng)
+    for name in PARAMS:
+        # The reply holds float32 weights: the update read back from them carries their round-off.
+        np.testing.assert_allclose(defended[name], sent[name], atol=1e-5)
+
+
+def test_defend_update_refuses_flower_only_defenses() -> None:
+    with pytest.raises(ValueError, match="only inside a Flower run"):
+        defend_update(_true_update(), {"defense.localdp.epsilon": 1.0}, np.random.default_rng(0))
 
 
 def test_noise_is_reproducible_with_a_seed() -> None:

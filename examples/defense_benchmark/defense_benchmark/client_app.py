@@ -37,7 +37,9 @@ class RunSettings:
             context.run_config = original
 
     def model(self) -> Any:
-        return model_for(str(self.config["model"]), load_dataset(str(self.config["dataset"])).spec)
+        name = str(self.config["model"])
+        options = {"uniform_init": True} if name == "lenet" and self.config["uniform-init"] else {}
+        return model_for(name, load_dataset(str(self.config["dataset"])).spec, **options)
 
     def shard(self, context: Context) -> Any:
         """The client's IID shard of the training split, chosen by its ``partition-id``."""

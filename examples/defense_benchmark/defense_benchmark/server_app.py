@@ -1,7 +1,12 @@
-"""ServerApp: audited FedAvg (wrapped in Flower's client-side DP when the defense is dp-fixed)."""
+"""ServerApp: audited FedAvg (wrapped in Flower's client-side DP when the defense is dp-fixed).
+
+The audit attacks with the cell's first attack; the sweep's executor runs the others on the same
+updates. At the end the app prints the table of ``semsim-audit bench`` for this one cell.
+"""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -9,8 +14,17 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
+from rich.console import Console
 
-from defense_benchmark.settings import defense_cell, settings
+from defense_benchmark.settings import attacks, defense_cell, settings
+from semsim_audit.bench import (
+    SweepExecutor,
+    aggregate,
+    attacks_table,
+    result_from_report,
+    results_table,
+    with_other_attacks,
+)
 from semsim_audit.config import AuditConfig
 from semsim_audit.core import seed_everything
 from semsim_audit.data import load_dataset
@@ -22,23 +36,34 @@ from semsim_audit.strategies.defenses import dp_fixed_strategy
 
 
 def run(grid: Grid, config: Mapping[str, Any]) -> PrivacyReport:
-    """Train and audit one defense for ``num-server-rounds``; the report goes to ``out-dir/<cell>``."""
+    """Train and audit one defense for ``num-server-rounds``; the report goes to ``out-dir/<cell>``.
+
+    Returns the report with every attack's audits; the one the audit wrote is in the cell's folder.
+    """
+    started = time.monotonic()
     config = settings(config)
     cell, defense_config = defense_cell(config)
+    first, *others = attacks(config, cell)
+    iterations = int(config["iterations"])
     train_set, test_set = (load_dataset(str(config["dataset"]), train=split) for split in (True, False))
+    options = {"uniform_init": True} if config["model"] == "lenet" and config["uniform-init"] else {}
 
     def model_fn() -> Any:
-        return model_for(str(config["model"]), train_set.spec)
+        return model_for(str(config["model"]), train_set.spec, **options)
 
     clients = int(config["num-partitions"])
     inner = dp_fixed_strategy(FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=clients,
                                      min_evaluate_nodes=0, min_available_nodes=clients),
                               defense_config, clients)
-    audit = AuditConfig(attack=str(config["attack"]), attack_config={"iterations": int(config["iterations"])},
-                        clients=int(config["audited-clients"]), seed=cell.seed,
-                        out_dir=Path(str(config["out-dir"])) / cell.cell_id)
+    folder = Path(str(config["out-dir"])) / cell.cell_id
+    # The other attacks are scored against the originals the clients export with their first scores,
+    # which the run folder keeps as images.
+    audit = AuditConfig(attack=first.attack, attack_config=first.config(iterations, 1).explicit(),
+                        clients=int(config["audited-clients"]), every=int(config["audit-every"]),
+                        seed=cell.seed, out_dir=folder, save_images=bool(others))
+    executor = SweepExecutor({a.label: (a.attack, a.config(iterations, 1, seed=cell.seed)) for a in others})
     strategy = AuditedStrategy(inner, model_fn=model_fn, data_spec=train_set.spec, audit=audit,
-                               sinks=[LogSink()])
+                               executor=executor, sinks=[LogSink()])
 
     def central_evaluation(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         model = model_fn()
@@ -52,7 +77,12 @@ def run(grid: Grid, config: Mapping[str, Any]) -> PrivacyReport:
     strategy.start(grid=grid, initial_arrays=ArrayRecord(model_fn().state_dict()),
                    num_rounds=int(config["num-server-rounds"]), train_config=train_config,
                    evaluate_fn=central_evaluation)
-    return strategy.report
+    report = with_other_attacks(strategy.report, executor, folder, strategy.semsim, label=first.label)
+    rows = aggregate([result_from_report(cell, report, time.monotonic() - started)])
+    console = Console()
+    console.print(results_table(rows, title=f"Defense benchmark: {cell.label}, seed {cell.seed}"))
+    console.print(attacks_table(rows))
+    return report
 
 
 app = ServerApp()

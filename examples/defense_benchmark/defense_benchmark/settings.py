@@ -1,25 +1,39 @@
-"""The app's settings: defaults (equal to pyproject's run config) and the chosen defense's run config."""
+"""The app's settings: defaults (equal to pyproject's run config and to ``semsim-audit bench``'s), the
+chosen defense's run config and the cell's attacks."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
-from semsim_audit.bench import DEFENSES, Cell, parse_defense, parse_defense_option
+from semsim_audit.bench import (
+    DEFENSES,
+    AttackSpec,
+    Cell,
+    cell_attacks,
+    parse_attack,
+    parse_defense,
+    parse_defense_option,
+)
 
+# The sweep's defaults (semsim_audit.bench.FEDERATION and DEFAULT_ATTACKS; a test keeps them equal):
+# FedSGD, one image per client and round, on the DLG LeNet, so the undefended model learns and leaks.
 DEFAULTS: dict[str, Any] = {
-    "num-server-rounds": 2,
-    "num-partitions": 2,
+    "num-server-rounds": 40,
+    "num-partitions": 16,
     "dataset": "photos",
     "model": "lenet",
-    "samples-per-client": 32,
-    "lr": 0.01,
+    "uniform-init": True,
+    "samples-per-client": 40,
+    "lr": 0.1,
     "local-steps": 1,
     "batch-size": 1,
     "seed": 0,
-    "attack": "inverting-gradients",
-    "iterations": 100,
-    "audited-clients": 2,
+    "attacks": "inverting-gradients idlg:30",
+    "adaptive": True,
+    "iterations": 200,
+    "audited-clients": 4,
+    "audit-every": 20,
     "out-dir": "runs/defense-benchmark",
     "defense": "none",
     "strength": "",
@@ -48,3 +62,12 @@ def defense_cell(config: Mapping[str, Any]) -> tuple[Cell, dict[str, Any]]:
     options = dict(parse_defense_option(text) for text in str(config["defense-options"]).split())
     cell = Cell(name, spec.strengths[0], int(config["seed"]))
     return cell, cell.run_config(options)
+
+
+def attacks(config: Mapping[str, Any], cell: Cell) -> list[AttackSpec]:
+    """The cell's attacks (``attacks``, space-separated ``NAME[+mask][:ITERATIONS]``), the defense's
+    adaptive one added when ``adaptive``; the first is the audit's own."""
+    specs = [parse_attack(text) for text in str(config["attacks"]).split()]
+    if not specs:
+        raise ValueError("attacks: name at least one attack")
+    return cell_attacks(cell.defense, specs, bool(config["adaptive"]))
