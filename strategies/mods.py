@@ -37,6 +37,7 @@ from semsim_audit.strategies.protocol import (
     ANSWER_PREFIX,
     CAPTURE_KEY,
     EXPORT_ORIGINALS_KEY,
+    KEY_RECORD_KEY,
     LABELS_KEY,
     MAX_IMAGES_KEY,
     MAX_PENDING_KEY,
@@ -221,6 +222,8 @@ def audit_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> M
     audit_id = _audit_id(msg) if category == MessageType.TRAIN else None
     if audit_id is None:
         reply = call_next(msg, context)
+        if category == MessageType.TRAIN and reply.has_content() and not reply.has_error():
+            reply.content[KEY_RECORD_KEY] = ConfigRecord({"key": stable_key(context)})
     else:
         try:
             max_images = _positive(context, MAX_IMAGES_KEY, DEFAULT_MAX_IMAGES)

@@ -42,6 +42,9 @@ __all__ = [
 CAPTURE_KEY = "audit.capture"
 LABELS_KEY = "audit.send-labels"
 RECORD_KEY = "audit.record"
+# On a train reply that carries no audit record: the client's stable key alone, so the server can
+# order every round's replies (run_audited_simulation's reply_order="stable-key"), audited or not.
+KEY_RECORD_KEY = "audit.key"
 REQUEST_PREFIX = "audit.score."
 ANSWER_PREFIX = "audit.scores."
 SCORING_ACTION = "semsim_audit"

@@ -21,14 +21,14 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
-from flwr.app import Message
+from flwr.app import ConfigRecord, Message
 from torch import nn
 
 from semsim_audit.attacks import Observation
 from semsim_audit.config import AuditConfig
 from semsim_audit.core import DataSpec
 from semsim_audit.strategies.executors import AuditJob
-from semsim_audit.strategies.protocol import RECORD_KEY, AuditRecord, decode_record
+from semsim_audit.strategies.protocol import KEY_RECORD_KEY, RECORD_KEY, AuditRecord, decode_record
 from semsim_audit.strategies.rounds import Sent
 
 __all__ = ["AUDIT_PREFIX", "take_audit_records", "audit_job", "attacked_training", "client_state",
@@ -54,6 +54,10 @@ def stable_key(node_records: dict[str, Any], node: int) -> str:
         key = decode_record(node_records[RECORD_KEY]).key
     except (KeyError, ValueError):
         key = ""
+    if not key:  # a round this client was not asked to capture: the key travels alone
+        record = node_records.get(KEY_RECORD_KEY)
+        value = record.get("key") if isinstance(record, ConfigRecord) else None
+        key = value if isinstance(value, str) else ""
     return key or f"node-{node}"
 
 
