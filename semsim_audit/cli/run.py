@@ -112,7 +112,7 @@ def demo(
     clients: ClientsOption = 16,
     audited: AuditedOption = 2,
     every: Annotated[int, typer.Option(
-        help="Audit rounds 1, 1+N, 1+2N, ... (the untrained model first).")] = 13,
+        help="Audit rounds 1, 1+N, 1+2N, ... (the untrained model first).")] = 19,
     iterations: IterationsOption = 100,
     local_steps: LocalStepsOption = 1,
     batch_size: BatchSizeOption = 1,
