@@ -49,7 +49,7 @@ def test_options_may_come_first_and_serve_may_be_named(served: list, pair_folder
     result = runner.invoke(app, ["annotate", "serve", str(pair_folder), "--out", str(out),
                                  "--annotator", "ann", "--shuffle"])
     assert result.exit_code == 0, result.output
-    assert "1 already answered" in result.output
+    assert "1 already answered" in " ".join(result.output.split())  # the console wraps long paths
     assert [(c["items"].kind, c["shuffle"]) for c in served] == [("pairs", False), ("pairs", True)]
 
 
