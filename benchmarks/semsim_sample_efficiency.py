@@ -68,6 +68,11 @@ PSNR_CAP = 100.0
 def _pixel_scores(annotations: SimulatedAnnotations) -> dict[str, np.ndarray]:
     """Per pair, a distance (lower = more similar) for each pixel metric available here."""
     originals, reconstructions, _ = annotations.pairs()
+    return pixel_distances(originals, reconstructions)
+
+
+def pixel_distances(originals: torch.Tensor, reconstructions: torch.Tensor) -> dict[str, np.ndarray]:
+    """PSNR, SSIM (and LPIPS where installed) as distances, lower = more similar, one per pair."""
     scores = {
         "PSNR": PSNR_CAP - metrics.psnr(originals, reconstructions).clamp(max=PSNR_CAP).numpy(),
         "SSIM": 1.0 - metrics.ssim(originals, reconstructions).numpy(),

@@ -42,8 +42,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 from semsim_attack_outputs import SPEC, generate, victim_observation
+from semsim_sample_efficiency import pixel_distances
 
-from semsim_audit import metrics
 from semsim_audit.attacks import AttackConfig, run_attack
 from semsim_audit.core import DataSpec
 from semsim_audit.semsim import DEFAULT_CHECKPOINT, PROXY_V1_CHECKPOINT, SemSim
@@ -59,7 +59,6 @@ NOISE_SPECS = {
     "cifar10": DataSpec(shape=(3, 32, 32), num_classes=10, mean=(0.4914, 0.4822, 0.4465),
                         std=(0.2470, 0.2435, 0.2616)),
 }
-PSNR_CAP = 100.0
 TARGET_MARGIN, TARGET_BALANCED = 0.05, 0.85
 
 
@@ -87,18 +86,6 @@ def attack_initialisations(count: int, cache: Path) -> torch.Tensor:
     return images
 
 
-def _pixel_distances(originals: torch.Tensor, reconstructions: torch.Tensor) -> dict[str, np.ndarray]:
-    """Lower = more similar, for every pixel metric available here."""
-    scores = {
-        "PSNR": PSNR_CAP - metrics.psnr(originals, reconstructions).clamp(max=PSNR_CAP).numpy(),
-        "SSIM": 1.0 - metrics.ssim(originals, reconstructions).numpy(),
-    }
-    learned = metrics.lpips(originals, reconstructions)
-    if learned is not None:
-        scores["LPIPS"] = learned.numpy()
-    return scores
-
-
 def _judge(distances: np.ndarray, labels: np.ndarray, threshold: float | None) -> dict[str, float]:
     """AUC, and balanced accuracy at ``threshold`` (None: the best threshold for these very pairs)."""
     if threshold is None:
@@ -121,9 +108,9 @@ def evaluate(judges: dict[str, SemSim], real: LabelledPairs, simulated: Any, noi
                     np.concatenate([real_set[2], sim_set[2]]))}
     early = np.asarray([kind == "early" for kind in real.kinds])
     results: dict[str, Any] = {"rows": {}, "kinds": {}}
-    pixel = {name: _pixel_distances(originals, reconstructions)
+    pixel = {name: pixel_distances(originals, reconstructions)
              for name, (originals, reconstructions, _) in sets.items()}
-    pixel_noise = _pixel_distances(noise_originals, noise)
+    pixel_noise = pixel_distances(noise_originals, noise)
     for metric in pixel["real"]:
         row: dict[str, Any] = {}
         for name, (_, _, labels) in sets.items():

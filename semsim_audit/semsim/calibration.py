@@ -56,18 +56,24 @@ def balanced_accuracy(predictions: ArrayLike, labels: ArrayLike) -> float:
     return float(0.5 * (predicted[truth].mean() + (~predicted[~truth]).mean()))
 
 
-def calibrate_threshold(distances: ArrayLike, recognizable: ArrayLike) -> tuple[float, float]:
-    """The distance threshold (recognizable = distance <= threshold) maximising balanced accuracy.
-
-    Returns ``(threshold, balanced_accuracy)``. The threshold sits midway between the two
-    distances it separates, so it does not sit on a training point.
-    """
+def _checked_distances(distances: ArrayLike, recognizable: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Distances and boolean labels as arrays of one length, the distances finite; else ValueError."""
     values = _as_numpy(distances)
     truth = _binary_labels(recognizable)
     if values.shape != truth.shape:
         raise ValueError(f"distances and labels differ in length: {values.size} vs {truth.size}")
     if not np.isfinite(values).all():
         raise ValueError("distances contain NaN or infinite values")
+    return values, truth
+
+
+def calibrate_threshold(distances: ArrayLike, recognizable: ArrayLike) -> tuple[float, float]:
+    """The distance threshold (recognizable = distance <= threshold) maximising balanced accuracy.
+
+    Returns ``(threshold, balanced_accuracy)``. The threshold sits midway between the two
+    distances it separates, so it does not sit on a training point.
+    """
+    values, truth = _checked_distances(distances, recognizable)
     order = np.argsort(values, kind="stable")
     sorted_values, sorted_truth = values[order], truth[order]
     # Cut after position k: the first k+1 distances are called recognizable. Only cut where the
@@ -120,12 +126,7 @@ def borderline_band(distances: ArrayLike, recognizable: ArrayLike, threshold: fl
     verdict to be sure. Each edge sits midway between two neighbouring distances (0 or 2 where the fit
     never gets that sure on a side) and the band always holds the threshold.
     """
-    values = _as_numpy(distances)
-    truth = _binary_labels(recognizable)
-    if values.shape != truth.shape:
-        raise ValueError(f"distances and labels differ in length: {values.size} vs {truth.size}")
-    if not np.isfinite(values).all():
-        raise ValueError("distances contain NaN or infinite values")
+    values, truth = _checked_distances(distances, recognizable)
     if not 0.5 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0.5, 1), got {confidence}")
     distinct, fitted = _decreasing_fit(values, truth)
