@@ -31,7 +31,9 @@ class Evaluated:
     alive: torch.Tensor   # (O, R) bool
 
 
-Evaluate = Callable[[list[torch.Tensor]], Evaluated]
+# evaluate(variables, wanted): wanted is an (O, R) bool mask of the trials that need a fresh evaluation
+# (None = all); a trial left out gets zeros, which the optimiser must not read.
+Evaluate = Callable[[list[torch.Tensor], torch.Tensor | None], Evaluated]
 Project = Callable[[list[torch.Tensor]], list[torch.Tensor]]
 
 
@@ -57,7 +59,7 @@ class Adam:
 
     def iterate(self, variables: list[torch.Tensor], evaluate: Evaluate, lr: float,
                 project: Project) -> list[torch.Tensor]:
-        evaluated = evaluate(variables)
+        evaluated = evaluate(variables, None)
         stepped = project(self.step(variables, evaluated.gradients, lr))
         return [torch.where(_per_trial(evaluated.alive, new), new, old)
                 for new, old in zip(stepped, variables, strict=True)]
@@ -89,9 +91,10 @@ class LBFGS:
     Variables are flattened to (trials, n). Each trial keeps its own direction, step, curvature
     history (its last ``history_size`` accepted pairs, s.y > 1e-10, as torch keeps them) and
     Hessian scale; within an iteration a trial stops when torch would break out of its loop, and
-    waits, unchanged, while the others go on. The direction is torch's two-loop recursion written
-    in its compact matrix form (Byrd, Nocedal and Schnabel 1994): the same vector in exact
-    arithmetic, computed with a few batched products instead of hundreds of small operations.
+    waits, unchanged and left out of the evaluations, while the others go on. The direction is
+    torch's two-loop recursion written in its compact matrix form (Byrd, Nocedal and Schnabel
+    1994): the same vector in exact arithmetic, computed with a few batched products instead of
+    hundreds of small operations.
     """
 
     def __init__(self, history_size: int = 100, max_evaluations: int = 20) -> None:
@@ -148,7 +151,10 @@ class LBFGS:
         assert self.position is not None and self.filled is not None and self.scale is not None
         index = torch.arange(trials, device=grad.device)
         flat_pairs = self.pairs.view(trials, 2 * history, size)
-        products = torch.bmm(flat_pairs, torch.stack([grad, s, y], dim=2)).double()  # (T, 2H, 3)
+        # (T, 3, n) x (T, n, 2H): this orientation keeps both operands contiguous in n, several
+        # times faster on a CPU than (T, 2H, n) x (T, n, 3) with a strided right-hand side.
+        products = torch.bmm(torch.stack([grad, s, y], dim=1), flat_pairs.transpose(1, 2))
+        products = products.transpose(1, 2).double()  # (T, 2H, 3)
         s_g, y_g = products[:, :history, 0], products[:, history:, 0]
         y_s, s_y, y_y = products[:, history:, 1], products[:, :history, 2], products[:, history:, 2]
         slot = self.position
@@ -212,7 +218,7 @@ class LBFGS:
                 project: Project) -> list[torch.Tensor]:
         like = variables
         flat = self._flat(variables)
-        evaluated = evaluate(variables)
+        evaluated = evaluate(variables, None)
         grad = self._flat(evaluated.gradients)
         loss = evaluated.total.reshape(-1)
         alive = evaluated.alive.reshape(-1)
@@ -252,7 +258,10 @@ class LBFGS:
             flat = torch.where(active[:, None], self._flat(project(self._unflat(moved, like))), flat)
             if inner == self.max_iter:
                 break  # torch evaluates the last move at the start of the next step
-            evaluated = evaluate(self._unflat(flat, like))
+            if not bool(active.any()):
+                break  # every trial stopped: nothing moved, nothing to evaluate
+            # Only the trials still going are evaluated: the others wait, unchanged, for the next step.
+            evaluated = evaluate(self._unflat(flat, like), active.reshape(evaluated.alive.shape))
             grad = torch.where(active[:, None], self._flat(evaluated.gradients), grad)
             loss = torch.where(active, evaluated.total.reshape(-1), loss)
             active = active & evaluated.alive.reshape(-1)
