@@ -114,10 +114,12 @@ def optimise(observations: Sequence[Observation], plan: Plan, labels: torch.Tens
     best = _Best(variables)
     evaluations = 0
 
-    def evaluate(current: list[torch.Tensor]) -> Evaluated:
+    def evaluate(current: list[torch.Tensor], wanted: torch.Tensor | None = None) -> Evaluated:
+        """Evaluate the trials ``wanted`` ((O, R) bool; None = all); the others keep their last state."""
         nonlocal alive, evaluations
         evaluations += 1
-        result = program.evaluate(current[0], current[1] if plan.joint_labels else None)
+        trials = wanted.reshape(-1).nonzero().squeeze(1) if wanted is not None else None
+        result = program.evaluate(current[0], current[1] if plan.joint_labels else None, trials)
         gradients = [result.image_grad] + ([result.label_grad] if plan.joint_labels else [])
         total = result.total
         if settings.consistency_weight > 0 and restarts > 1:
@@ -132,8 +134,10 @@ def optimise(observations: Sequence[Observation], plan: Plan, labels: torch.Tens
         finite = torch.isfinite(total)
         for gradient in gradients:
             finite = finite & torch.isfinite(gradient).flatten(2).all(-1)
+        if wanted is not None:  # a trial left out did not move since its last evaluation
+            finite = finite | ~wanted
         alive = alive & finite
-        best.update(current, total, result.matching, alive)
+        best.update(current, total, result.matching, alive if wanted is None else alive & wanted)
         # A diverged trial is frozen with zero gradients: its NaNs never reach another trial's slice.
         gradients = [torch.where(_per_trial(alive, g), g, torch.zeros_like(g)) for g in gradients]
         return Evaluated(gradients, torch.where(alive, total, torch.zeros_like(total)), alive)

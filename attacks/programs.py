@@ -47,7 +47,14 @@ class Evaluation:
 class Program(Protocol):
     name: str
 
-    def evaluate(self, images: torch.Tensor, label_logits: torch.Tensor | None) -> Evaluation: ...
+    def evaluate(self, images: torch.Tensor, label_logits: torch.Tensor | None,
+                 trials: torch.Tensor | None = None) -> Evaluation:
+        """Evaluate every trial, or (when the program can) only the flat trial indices ``trials``.
+
+        The result always has every trial's slot; a trial left out has zeros there, and the caller
+        must not read them.
+        """
+        ...
 
 
 def batchnorm_layers(model: nn.Module) -> list[str]:
@@ -212,8 +219,36 @@ def _stacked_model(template: nn.Module, stack: _Stack, training: bool) -> nn.Mod
     return model
 
 
+@dataclass
+class _Trials:
+    """Per-trial tensors of the stacked program, trial = observation * restarts + restart."""
+
+    weights: dict[str, torch.Tensor]          # leaves: the produced gradient is taken with respect to them
+    buffers: dict[str, torch.Tensor]
+    target: dict[str, torch.Tensor]
+    lr: torch.Tensor
+    momentum: torch.Tensor
+    weight_decay: torch.Tensor
+    bn_running: list[tuple[torch.Tensor, torch.Tensor]]
+    probabilities: torch.Tensor | None
+
+    def select(self, index: torch.Tensor) -> _Trials:
+        """The same tensors for the trials ``index`` only (fresh leaves for the weights)."""
+        return _Trials(weights={n: w.detach()[index].requires_grad_(True) for n, w in self.weights.items()},
+                       buffers={n: b[index] for n, b in self.buffers.items()},
+                       target={n: t[index] for n, t in self.target.items()},
+                       lr=self.lr[index], momentum=self.momentum[index],
+                       weight_decay=self.weight_decay[index],
+                       bn_running=[(m[index], v[index]) for m, v in self.bn_running],
+                       probabilities=self.probabilities[index] if self.probabilities is not None else None)
+
+
 class StackedProgram:
-    """All trials as one grouped-channel network, differentiated twice by plain autograd."""
+    """All trials as one grouped-channel network, differentiated twice by plain autograd.
+
+    ``evaluate`` can leave out trials (an L-BFGS trial that stopped for this iteration): the network
+    is then stacked over the remaining trials only, so their evaluation costs what they need.
+    """
 
     name = "stacked"
 
@@ -227,36 +262,36 @@ class StackedProgram:
         def per_trial(tensor: torch.Tensor) -> torch.Tensor:  # (O, ...) -> (T, ...), trial = o * R + r
             return tensor.repeat_interleave(restarts, dim=0)
 
-        self.weights = {n: per_trial(p).detach().requires_grad_(True) for n, p in setup.params.items()}
-        self.buffers = {n: per_trial(b) for n, b in setup.buffers.items()}
-        self.target = {n: per_trial(t) for n, t in setup.target.items()}
         lr, momentum, weight_decay = (per_trial(setup.hyper[:, i]) for i in range(3))
-        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
-        self.bn_running = [(per_trial(m), per_trial(v)) for m, v in setup.bn_running]
-        self.probabilities = per_trial(setup.probabilities) if setup.probabilities is not None else None
+        self.all = _Trials(
+            weights={n: per_trial(p).detach().requires_grad_(True) for n, p in setup.params.items()},
+            buffers={n: per_trial(b) for n, b in setup.buffers.items()},
+            target={n: per_trial(t) for n, t in setup.target.items()},
+            lr=lr, momentum=momentum, weight_decay=weight_decay,
+            bn_running=[(per_trial(m), per_trial(v)) for m, v in setup.bn_running],
+            probabilities=per_trial(setup.probabilities) if setup.probabilities is not None else None)
         self.check(functional)
 
-    def _logits(self, weights: dict[str, torch.Tensor], images: torch.Tensor) -> torch.Tensor:
+    def _logits(self, weights: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],
+                images: torch.Tensor) -> torch.Tensor:
         """(T, b, C, H, W) images -> (T, b, classes) logits, each trial through its own weights."""
         trials, batch = images.shape[:2]
-        self.stack.count, self.stack.weights, self.stack.buffers = trials, weights, self.buffers
+        self.stack.count, self.stack.weights, self.stack.buffers = trials, weights, buffers
         stacked = images.transpose(0, 1).reshape(batch, trials * images.shape[2], *images.shape[3:])
         return self.model(stacked).reshape(batch, trials, -1).transpose(0, 1)
 
     def check(self, functional: nn.Module) -> None:
         """Raise _Unsupported unless the stacked form gives the model's own outputs (two distinct trials)."""
         setup = self.setup
-        first = {n: p[:1] for n, p in self.weights.items()}
+        first = {n: p[:1] for n, p in self.all.weights.items()}
         probe_weights = {n: torch.cat([p.detach(), p.detach() * 0.5 + 0.01]) for n, p in first.items()}
-        probe_buffers = {n: b[:1].repeat(2, *([1] * (b.dim() - 1))) for n, b in self.buffers.items()}
+        probe_buffers = {n: b[:1].repeat(2, *([1] * (b.dim() - 1))) for n, b in self.all.buffers.items()}
         generator = torch.Generator().manual_seed(0)
         images = torch.randn((2, max(setup.batch, 2), *setup.first.spec.shape), generator=generator)
         images = images.to(setup.device)
-        saved = self.buffers
-        self.buffers = probe_buffers
         try:
             with torch.no_grad():
-                stacked = self._logits(probe_weights, images)
+                stacked = self._logits(probe_weights, probe_buffers, images)
                 for trial in range(2):
                     state = {**{n: p[trial] for n, p in probe_weights.items()},
                              **{n: b[trial] for n, b in probe_buffers.items()}}
@@ -268,66 +303,84 @@ class StackedProgram:
             raise
         except Exception as error:  # a forward that stacking breaks (a reshape to a fixed size, ...)
             raise _Unsupported(f"{type(error).__name__}: {error}") from None
-        finally:
-            self.buffers = saved
 
-    def _loss(self, weights: dict[str, torch.Tensor], images: torch.Tensor,
+    def _loss(self, weights: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], images: torch.Tensor,
               probabilities: torch.Tensor) -> torch.Tensor:
-        logits = self._logits(weights, images)
+        logits = self._logits(weights, buffers, images)
         return -(probabilities * logits.log_softmax(-1)).sum(-1).mean(-1).sum()
 
-    def _produced(self, images: torch.Tensor, probabilities: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _produced(self, trials: _Trials, images: torch.Tensor,
+                  probabilities: torch.Tensor) -> dict[str, torch.Tensor]:
         setup, names = self.setup, self.setup.names
         if setup.steps == 1:
-            grads = torch.autograd.grad(self._loss(self.weights, images, probabilities),
-                                        [self.weights[n] for n in names], create_graph=True)
+            grads = torch.autograd.grad(self._loss(trials.weights, trials.buffers, images, probabilities),
+                                        [trials.weights[n] for n in names], create_graph=True)
             return dict(zip(names, grads, strict=True))
-        weights, velocity = dict(self.weights), None
+        weights, velocity = dict(trials.weights), None
 
         def per_trial(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
             return value.view(-1, *([1] * (like.dim() - 1)))
 
         for step in range(setup.steps):
             batch = setup.batches[step % len(setup.batches)]
-            grads = torch.autograd.grad(self._loss(weights, images[:, batch], probabilities[:, batch]),
+            grads = torch.autograd.grad(self._loss(weights, trials.buffers, images[:, batch],
+                                                   probabilities[:, batch]),
                                         [weights[n] for n in names], create_graph=True)
-            step_grads = {n: g + per_trial(self.weight_decay, g) * weights[n]
+            step_grads = {n: g + per_trial(trials.weight_decay, g) * weights[n]
                           for n, g in zip(names, grads, strict=True)}
             velocity = step_grads if velocity is None else {
-                n: per_trial(self.momentum, g) * velocity[n] + g for n, g in step_grads.items()}
-            weights = {n: w - per_trial(self.lr, w) * velocity[n] for n, w in weights.items()}
-        return {n: self.weights[n] - weights[n] for n in names}
+                n: per_trial(trials.momentum, g) * velocity[n] + g for n, g in step_grads.items()}
+            weights = {n: w - per_trial(trials.lr, w) * velocity[n] for n, w in weights.items()}
+        return {n: trials.weights[n] - weights[n] for n in names}
 
-    def evaluate(self, images: torch.Tensor, label_logits: torch.Tensor | None) -> Evaluation:
+    def evaluate(self, images: torch.Tensor, label_logits: torch.Tensor | None,
+                 trials: torch.Tensor | None = None) -> Evaluation:
         setup = self.setup
         count, restarts = images.shape[:2]
-        candidates = images.detach().reshape(self.trials, *images.shape[2:]).requires_grad_(True)
+        flat_images = images.detach().reshape(self.trials, *images.shape[2:])
+        flat_logits = (label_logits.detach().reshape(self.trials, *label_logits.shape[2:])
+                       if label_logits is not None else None)
+        subset = trials is not None and trials.numel() < self.trials
+        chosen = self.all.select(trials) if subset else self.all
+        if subset:
+            flat_images = flat_images[trials]
+            flat_logits = flat_logits[trials] if flat_logits is not None else None
+        candidates = flat_images.requires_grad_(True)
         inputs = [candidates]
         if setup.joint_labels:
-            assert label_logits is not None
-            logits = label_logits.detach().reshape(self.trials, *label_logits.shape[2:]).requires_grad_(True)
+            assert flat_logits is not None
+            logits = flat_logits.requires_grad_(True)
             inputs.append(logits)
             probabilities = logits.softmax(-1)
         else:
-            assert self.probabilities is not None
-            probabilities = self.probabilities
+            assert chosen.probabilities is not None
+            probabilities = chosen.probabilities
         with torch.enable_grad():
-            produced = self._produced(candidates, probabilities)
-            matching = gradient_distance(produced, self.target, setup.layer_weights, setup.settings.objective,
-                                         setup.settings.match_support)
+            produced = self._produced(chosen, candidates, probabilities)
+            matching = gradient_distance(produced, chosen.target, setup.layer_weights,
+                                         setup.settings.objective, setup.settings.match_support)
             total = matching + setup.priors(candidates)
-            if self.bn_running:
+            if chosen.bn_running:
                 self.stack.records = []
-                self._logits(self.weights, candidates)
+                self._logits(chosen.weights, chosen.buffers, candidates)
                 records, self.stack.records = self.stack.records, None
-                total = total + setup.settings.bn_weight * batchnorm_prior(records, self.bn_running)
-            grads = torch.autograd.grad(total.sum(), inputs)
+                total = total + setup.settings.bn_weight * batchnorm_prior(records, chosen.bn_running)
+            grads = [g.detach() for g in torch.autograd.grad(total.sum(), inputs)]
+        total, matching = total.detach(), matching.detach()
+        if subset:  # back into every trial's slot; the ones left out get zeros
+            assert trials is not None
+
+            def spread(values: torch.Tensor) -> torch.Tensor:
+                full = values.new_zeros((self.trials, *values.shape[1:]))
+                full[trials] = values
+                return full
+
+            grads, total, matching = [spread(g) for g in grads], spread(total), spread(matching)
         label_grad = None
         if setup.joint_labels and label_logits is not None:
             label_grad = grads[1].reshape(label_logits.shape)
         return Evaluation(image_grad=grads[0].reshape(images.shape), label_grad=label_grad,
-                          total=total.detach().reshape(count, restarts),
-                          matching=matching.detach().reshape(count, restarts))
+                          total=total.reshape(count, restarts), matching=matching.reshape(count, restarts))
 
 
 # ----------------------------------------------------------------------------------------- vmap
@@ -408,7 +461,9 @@ class VmapProgram:
         self._batched = vmap(per_restart, in_dims=(0, 0, 0, 0, 0, 0, 0))
         self._buffers = buffers
 
-    def evaluate(self, images: torch.Tensor, label_logits: torch.Tensor | None) -> Evaluation:
+    def evaluate(self, images: torch.Tensor, label_logits: torch.Tensor | None,
+                 trials: torch.Tensor | None = None) -> Evaluation:
+        """Every trial, always: vmap has no cheaper form for a subset (``trials`` is a hint only)."""
         setup = self.setup
         labels = label_logits if setup.joint_labels else setup.probabilities
         grads, (total, matching) = self._batched(setup.params, self._buffers, setup.target, setup.hyper,

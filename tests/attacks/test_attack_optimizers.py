@@ -21,8 +21,8 @@ def _value(x: torch.Tensor, matrix: torch.Tensor, vector: torch.Tensor) -> torch
 
 
 def _batched_evaluate(matrices: torch.Tensor, vectors: torch.Tensor, counter: list[int]):
-    def evaluate(variables: list[torch.Tensor]) -> Evaluated:
-        counter[0] += 1
+    def evaluate(variables: list[torch.Tensor], wanted: torch.Tensor | None = None) -> Evaluated:
+        counter[0] += 1  # every trial is evaluated, wanted or not: the optimiser reads only the wanted
         x = variables[0].detach().requires_grad_(True)  # (O, R, n) with R = 1
         values = torch.stack([_value(x[t, 0], matrices[t], vectors[t]) for t in range(x.shape[0])])
         (gradient,) = torch.autograd.grad(values.sum(), x)

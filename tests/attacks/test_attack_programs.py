@@ -86,6 +86,20 @@ def test_stacked_and_torch_func_programs_agree(photos, client_gradient, first_of
         torch.testing.assert_close(one.label_grad, other.label_grad, rtol=1e-3,
                                    atol=1e-4 * float(other.label_grad.abs().max()))
 
+    # Only some trials (what L-BFGS asks for once others stopped): their slots as in the full evaluation,
+    # zeros in the others.
+    wanted = torch.zeros(count * restarts, dtype=torch.bool)
+    wanted[[0, count * restarts - 1]] = True
+    part = stacked.evaluate(images, logits, wanted.nonzero().squeeze(1))
+    mask = wanted.view(count, restarts)
+    torch.testing.assert_close(part.total[mask], one.total[mask], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(part.matching[mask], one.matching[mask], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(part.image_grad[mask], one.image_grad[mask], rtol=1e-3, atol=1e-4 * scale)
+    assert not part.total[~mask].any() and not part.image_grad[~mask].any()
+    if joint:
+        torch.testing.assert_close(part.label_grad[mask], one.label_grad[mask], rtol=1e-3,
+                                   atol=1e-4 * float(other.label_grad.abs().max()))
+
 
 class _FixedReshape(nn.Module):
     """A model whose forward flattens to a fixed width: the stacked form cannot run it."""
