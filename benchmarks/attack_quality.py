@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -67,8 +68,12 @@ class Case:
 
 
 CASES = [
-    Case("dlg-lenet", "lenet", "idlg", "idlg", iterations=300, model_options={"uniform_init": True}),
-    Case("dlg-joint-lenet", "lenet", "dlg", "dlg", iterations=300, model_options={"uniform_init": True}),
+    # 8 photos: L-BFGS at lr 1 without line search sticks on some images, on either side, depending on
+    # float rounding; with 4 the mean PSNR was mostly a matter of which one stuck.
+    Case("dlg-lenet", "lenet", "idlg", "idlg", images=8, iterations=300,
+         model_options={"uniform_init": True}),
+    Case("dlg-joint-lenet", "lenet", "dlg", "dlg", images=8, iterations=300,
+         model_options={"uniform_init": True}),
     Case("ig-lenet", "lenet", "inverting-gradients", "invertinggradients", images=8, iterations=150),
     Case("ig-convnet", "convnet", "inverting-gradients", "invertinggradients", iterations=150,
          model_options={"width": 32}),
@@ -118,6 +123,12 @@ class Scores:
     semsim: float | None
     label_accuracy: float | None
     seconds: float
+    recovered: int = 0    # images reconstructed at >= RECOVERED_DB
+    images: int = 0
+
+
+# "Recovered": a reconstruction at this PSNR or more (the DLG setting's converged images reach 50-60 dB).
+RECOVERED_DB = 30.0
 
 
 def _score(reconstructions: torch.Tensor, originals: torch.Tensor, true_labels: torch.Tensor,
@@ -132,7 +143,9 @@ def _summary(all_scores: list[Any], accuracies: list[float | None], seconds: flo
         return sum(kept) / len(kept) if kept else None
 
     return Scores(mean([s.psnr for s in all_scores]), mean([s.ssim for s in all_scores]),
-                  mean([s.semsim for s in all_scores]), mean(accuracies), seconds)
+                  mean([s.semsim for s in all_scores]), mean(accuracies), seconds,
+                  recovered=sum(s.psnr is not None and s.psnr >= RECOVERED_DB for s in all_scores),
+                  images=len(all_scores))
 
 
 def run_case(case: Case, semsim: SemSim, *, quick: bool, device: torch.device,
@@ -194,25 +207,36 @@ def run_case(case: Case, semsim: SemSim, *, quick: bool, device: torch.device,
     return row
 
 
-def throughput(ks: list[int], iterations: int, device: torch.device) -> list[dict[str, Any]]:
-    """Trial-iterations per second of Inverting Gradients on the LeNet: ours batched vs breaching."""
+def throughput(ks: list[int], iterations: int, device: torch.device,
+               repeats: int = 3) -> list[dict[str, Any]]:
+    """Trial-iterations per second of Inverting Gradients on the LeNet: ours batched vs breaching.
+
+    Each rate is the best of ``repeats`` timed runs (after a warm-up), for both implementations alike, and
+    the runs are interleaved (breaching, then ours at every K, then again): on a shared or virtual machine
+    a single short run, or a block of runs of one side, mostly measures the neighbours.
+    """
     photos = load_dataset("photos", train=False)
     seed_everything(0)
     model = model_for("lenet", photos.spec)
-    rows = []
-    breaching_rate = None
-    if breaching_available():
-        observation = _single(model, photos, 0)
-        breaching_attack(observation, iterations=2)  # warm-up
-        result = breaching_attack(observation, iterations=iterations)
-        breaching_rate = iterations / result.seconds  # one trial at a time: the same rate at any K
-    for k in ks:
-        observations = [_single(model, photos, i) for i in range(k)]
+    reference = _single(model, photos, 0) if breaching_available() else None
+    batches = {k: [_single(model, photos, i) for i in range(k)] for k in ks}
+    config = AttackConfig(iterations=iterations, device=str(device))
+    if reference is not None:
+        breaching_attack(reference, iterations=2)  # warm-up
+    for observations in batches.values():
         run_attacks("inverting-gradients", observations, AttackConfig(iterations=2, device=str(device)))
-        config = AttackConfig(iterations=iterations, device=str(device))
-        started = time.perf_counter()
-        run_attacks("inverting-gradients", observations, config)
-        rate = k * iterations / (time.perf_counter() - started)
+    best_reference, best = float("inf"), dict.fromkeys(ks, float("inf"))
+    for _ in range(repeats):
+        if reference is not None:
+            best_reference = min(best_reference, breaching_attack(reference, iterations=iterations).seconds)
+        for k, observations in batches.items():
+            started = time.perf_counter()
+            run_attacks("inverting-gradients", observations, config)
+            best[k] = min(best[k], time.perf_counter() - started)
+    breaching_rate = iterations / best_reference if reference is not None else None  # one trial at a time
+    rows = []
+    for k in ks:
+        rate = k * iterations / best[k]
         rows.append({"k": k, "ours": rate, "breaching": breaching_rate,
                      "ratio": rate / breaching_rate if breaching_rate else None})
     return rows
@@ -224,10 +248,15 @@ def _cell(scores: Scores | None, field_name: str, spec: str) -> str:
     return format_value(getattr(scores, field_name), spec)
 
 
+def _recovered(scores: Scores | None) -> str:
+    return "n/a" if scores is None else f"{scores.recovered}/{scores.images}"
+
+
 def print_quality(rows: list[dict[str, Any]]) -> None:
     print("| case | attack (ours / reference) | iterations | PSNR dB ours / ref | SSIM ours / ref | "
-          "SemSim ours / ref | label acc ours / ref | seconds ours / ref |")
-    print("|---|---|---|---|---|---|---|---|")
+          f"SemSim ours / ref | label acc ours / ref | >= {RECOVERED_DB:.0f} dB ours / ref | "
+          "seconds ours / ref |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         case, ours, ref = row["case"], row["ours"], row["reference"]
         budget = f"{row['iterations']} / {row['reference_iterations']}"
@@ -236,11 +265,13 @@ def print_quality(rows: list[dict[str, Any]]) -> None:
               f" | {_cell(ours, 'ssim', '.3f')} / {_cell(ref, 'ssim', '.3f')}"
               f" | {_cell(ours, 'semsim', '.3f')} / {_cell(ref, 'semsim', '.3f')}"
               f" | {_cell(ours, 'label_accuracy', '.2f')} / {_cell(ref, 'label_accuracy', '.2f')}"
+              f" | {_recovered(ours)} / {_recovered(ref)}"
               f" | {_cell(ours, 'seconds', '.1f')} / {_cell(ref, 'seconds', '.1f')} |")
 
 
 def print_throughput(rows: list[dict[str, Any]], iterations: int) -> None:
-    print(f"\nInverting Gradients on the LeNet, {iterations} iterations: trial-iterations per second")
+    print(f"\nInverting Gradients on the LeNet, {iterations} iterations: trial-iterations per second "
+          "(best of the timed runs)")
     print("| K | ours | breaching | ours / breaching |")
     print("|---|---|---|---|")
     for row in rows:
@@ -253,6 +284,8 @@ def main() -> None:
     parser.add_argument("--cases", default="all", help="comma-separated case names, or 'all' / 'none'")
     parser.add_argument("--throughput", default="1,8,64", help="K values of the throughput table ('' = skip)")
     parser.add_argument("--throughput-iterations", type=int, default=50)
+    parser.add_argument("--throughput-repeats", type=int, default=5,
+                        help="timed runs per rate, interleaved; the best counts")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--semsim", default=None, help="SemSim checkpoint (default: the shipped one)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
@@ -266,7 +299,10 @@ def main() -> None:
         key, _, value = item.partition("=")
         if not value or key not in AttackConfig.model_fields:
             parser.error(f"--set {item!r}: expected KEY=VALUE with KEY an AttackConfig field")
-        overrides[key] = value  # AttackConfig (pydantic) converts and checks it
+        try:  # numbers and booleans as JSON (AttackConfig's counts are strict ints); anything else a string
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
     if args.threads:
         torch.set_num_threads(args.threads)
     device = select_device(args.device)
@@ -289,7 +325,7 @@ def main() -> None:
     if args.throughput:
         ks = [int(k) for k in args.throughput.split(",")]
         iterations = 2 if args.quick else args.throughput_iterations
-        print_throughput(throughput(ks, iterations, device), iterations)
+        print_throughput(throughput(ks, iterations, device, args.throughput_repeats), iterations)
 
 
 if __name__ == "__main__":
