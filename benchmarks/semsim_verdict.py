@@ -46,7 +46,7 @@ from semsim_sample_efficiency import pixel_distances
 
 from semsim_audit.attacks import AttackConfig, run_attack
 from semsim_audit.core import DataSpec
-from semsim_audit.semsim import DEFAULT_CHECKPOINT, PROXY_V1_CHECKPOINT, SemSim
+from semsim_audit.semsim import DEFAULT_CHECKPOINT, PROXY_V1_CHECKPOINT, PROXY_V2_CHECKPOINT, SemSim
 from semsim_audit.semsim.attack_outputs import AttackOutputs, LabelledPairs, unambiguous_pairs
 from semsim_audit.semsim.calibration import balanced_accuracy, calibrate_threshold, roc_auc
 from semsim_audit.semsim.default_checkpoint import build_default_checkpoint
@@ -253,6 +253,7 @@ def main() -> None:
         console.print(f"rebuilt {args.rebuild_checkpoint}: threshold {rebuilt.threshold:.4f}, borderline "
                       f"band {rebuilt.borderline_band}, calibration {rebuilt.calibration}")
     judges = {"proxy-v1 (old default)": SemSim.load(PROXY_V1_CHECKPOINT, device="cpu"),
+              "proxy-v2 (previous default)": SemSim.load(PROXY_V2_CHECKPOINT, device="cpu"),
               "default": SemSim.load(DEFAULT_CHECKPOINT, device="cpu")}
     if args.rebuild_checkpoint is not None and args.rebuild_checkpoint.resolve() != DEFAULT_CHECKPOINT:
         judges["rebuilt"] = SemSim.load(args.rebuild_checkpoint, device="cpu")

@@ -9,9 +9,9 @@ that says what is wrong.
 Fields added without a format version change (a checkpoint written before them lacks them and loads
 unchanged; an older reader ignores them):
 
-* ``head``: ``"none"`` for the released model, whose pooled feature is the embedding, or ``"stats"`` for
-  the projection head on feature statistics (:class:`~semsim_audit.semsim.model.SemSimNet`); absent
-  means ``"none"``.
+* ``head``: ``"none"`` for the released model, whose pooled feature is the embedding, ``"stats"`` for
+  the projection head on feature statistics, or ``"stats-layout"`` for that head on statistics that also
+  see layout and sharpness (:class:`~semsim_audit.semsim.model.SemSimNet`); absent means ``"none"``.
 * ``calibration``: what the threshold was calibrated on (``set``, ``identities``, ``pairs``) and the
   balanced accuracy it reached there (``balanced_accuracy``).
 * ``borderline_band``: ``[low, high]`` around the threshold, calibrated on the same pairs: outside it at
@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from safetensors import SafetensorError
 from safetensors.torch import load, save
 
-from semsim_audit.semsim.model import ARCHITECTURE, INPUT_SIZE, NORMALISATION, SemSimNet
+from semsim_audit.semsim.model import ARCHITECTURE, INPUT_SIZE, NORMALISATION, Head, SemSimNet
 
 __all__ = [
     "CHECKPOINT_FORMAT", "FORMAT_VERSION", "CheckpointMetadata", "weights_sha256",
@@ -59,7 +59,7 @@ class CheckpointMetadata(BaseModel):
     architecture: str = ARCHITECTURE
     width: int = Field(64, ge=1)
     # Absent in checkpoints from before the stats head: they are the released model, "none".
-    head: Literal["none", "stats"] = "none"
+    head: Head = "none"
     embedding_dim: int = Field(512, ge=1)
     input_size: int = INPUT_SIZE
     normalisation: dict[str, list[float]] = Field(default_factory=lambda: dict(NORMALISATION))

@@ -6,6 +6,13 @@ per-channel mean and standard deviation of the stem and of every ResNet stage, s
 statistics of the training images (stored as buffers), and maps it with a two-layer MLP to a 64-d
 embedding. With a frozen backbone only the head learns, which needs far fewer annotated identities
 (``benchmarks/semsim_sample_efficiency.py``). Both embeddings are L2-normalised.
+
+``head="stats-layout"`` (the shipped default checkpoint's) adds two things whole-image statistics cannot
+see. The first is layout: each channel's mean over the top and over the bottom half of the stem and of
+every stage. A patch shuffle or an occlusion changes these, and a horizontal flip does not. The second
+is sharpness: at three scales, the spread of the image's high frequencies (its difference from a 3x3
+local mean, and its mean absolute gradient) relative to its overall contrast, as log ratios. Blur and
+pixelation change these, and a contrast or brightness change does not.
 """
 
 from __future__ import annotations
@@ -19,13 +26,18 @@ from torchvision.models.resnet import BasicBlock, ResNet
 
 from semsim_audit.core import normalize, resize
 
-__all__ = ["ARCHITECTURE", "HEADS", "INPUT_SIZE", "NORMALISATION", "SemSimNet", "prepare_images"]
+__all__ = ["ARCHITECTURE", "HEADS", "STATS_HEADS", "Head", "INPUT_SIZE", "NORMALISATION", "SemSimNet",
+           "prepare_images", "sharpness"]
 
 ARCHITECTURE = "resnet18-cifar"
 INPUT_SIZE = 32
 # The released model normalises with CIFAR-100's statistics whatever the data; so do we.
 NORMALISATION = {"mean": [0.5071, 0.4865, 0.4409], "std": [0.2673, 0.2564, 0.2762]}
-HEADS = ("none", "stats")
+HEADS = ("none", "stats", "stats-layout")
+# Heads on feature statistics (a frozen backbone, an MLP on standardised statistics).
+STATS_HEADS = ("stats", "stats-layout")
+Head = Literal["none", "stats", "stats-layout"]
+SHARPNESS_SCALES = (1, 2, 4)
 HEAD_HIDDEN = 256
 HEAD_DIM = 64
 
@@ -73,10 +85,36 @@ def backbone(width: int) -> ResNet:
     return model
 
 
+def sharpness(images: torch.Tensor) -> torch.Tensor:
+    """Contrast-free sharpness of [0, 1] images (N, 3, H, W): (N, 2 x len(SHARPNESS_SCALES)).
+
+    At each scale (the grey image average-pooled by 1, 2, 4): log of the standard deviation of its
+    difference from the 3x3 local mean, and log of its mean absolute gradient, each minus the log of the
+    grey image's standard deviation.
+    """
+    grey = images.mean(1, keepdim=True)
+    features = []
+    for scale in SHARPNESS_SCALES:
+        level = F.avg_pool2d(grey, scale) if scale > 1 else grey
+        contrast = torch.log(level.flatten(1).std(1) + 1e-4)
+        high = level - F.avg_pool2d(F.pad(level, (1, 1, 1, 1), mode="replicate"), 3, 1)
+        gradient = ((level[..., :, 1:] - level[..., :, :-1]).abs().flatten(1).mean(1)
+                    + (level[..., 1:, :] - level[..., :-1, :]).abs().flatten(1).mean(1))
+        features += [torch.log(high.flatten(1).std(1) + 1e-4) - contrast,
+                     torch.log(gradient + 1e-4) - contrast]
+    return torch.stack(features, 1)
+
+
+def _halves(hidden: torch.Tensor) -> list[torch.Tensor]:
+    """Each channel's mean over the top and over the bottom half of a feature map (flip-invariant layout)."""
+    middle = hidden.shape[2] // 2
+    return [hidden[:, :, :middle].mean((2, 3)), hidden[:, :, middle:].mean((2, 3))]
+
+
 class SemSimNet(nn.Module):
     """[0, 1] images of any size and 1 or 3 channels -> L2-normalised embeddings (N, embedding_dim)."""
 
-    def __init__(self, width: int = 64, head: Literal["none", "stats"] = "none") -> None:
+    def __init__(self, width: int = 64, head: Head = "none") -> None:
         super().__init__()
         if width < 1:
             raise ValueError(f"width must be >= 1, got {width}")
@@ -85,7 +123,7 @@ class SemSimNet(nn.Module):
         self.width = width
         self.head_kind = head
         self.backbone = backbone(width)
-        if head == "stats":
+        if head in STATS_HEADS:
             features = self.statistics_dim
             self.head = nn.Sequential(nn.Linear(features, HEAD_HIDDEN), nn.ReLU(),
                                       nn.Linear(HEAD_HIDDEN, HEAD_DIM))
@@ -94,22 +132,33 @@ class SemSimNet(nn.Module):
 
     @property
     def embedding_dim(self) -> int:
-        return HEAD_DIM if self.head_kind == "stats" else 8 * self.width
+        return HEAD_DIM if self.head_kind in STATS_HEADS else 8 * self.width
 
     @property
     def statistics_dim(self) -> int:
-        """Mean and std per channel of the stem (width) and the stages (width, 2w, 4w, 8w): 32 x width."""
+        """Mean and std per channel of the stem (width) and the stages (width, 2w, 4w, 8w): 32 x width;
+        with the layout head also the two half-means per channel (32 x width) and the sharpness."""
+        if self.head_kind == "stats-layout":
+            return 4 * 16 * self.width + 2 * len(SHARPNESS_SCALES)
         return 2 * 16 * self.width
 
     def statistics(self, images: torch.Tensor) -> torch.Tensor:
-        """Per-channel mean and std of the stem and of each ResNet stage: (N, statistics_dim)."""
+        """Per-channel mean and std of the stem and of each ResNet stage (and, with the layout head,
+        the half-means and the sharpness): (N, statistics_dim)."""
         backbone = self.backbone
-        pixels = normalize(prepare_images(images), NORMALISATION["mean"], NORMALISATION["std"])
+        prepared = prepare_images(images)
+        layout = self.head_kind == "stats-layout"
+        pixels = normalize(prepared, NORMALISATION["mean"], NORMALISATION["std"])
         hidden = backbone.relu(backbone.bn1(backbone.conv1(pixels)))
         parts = [hidden.mean((2, 3)), hidden.std((2, 3))]
+        halves = _halves(hidden) if layout else []
         for stage in (backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4):
             hidden = stage(hidden)
             parts += [hidden.mean((2, 3)), hidden.std((2, 3))]
+            if layout:
+                halves += _halves(hidden)
+        if layout:
+            parts += [sharpness(prepared), *halves]
         return torch.cat(parts, dim=1)
 
     def embed_statistics(self, statistics: torch.Tensor) -> torch.Tensor:
@@ -118,7 +167,7 @@ class SemSimNet(nn.Module):
         return F.normalize(self.head(standardised), p=2, dim=1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if self.head_kind == "stats":
+        if self.head_kind in STATS_HEADS:
             return self.embed_statistics(self.statistics(images))
         pixels = prepare_images(images)
         features = self.backbone(normalize(pixels, NORMALISATION["mean"], NORMALISATION["std"]))

@@ -11,12 +11,15 @@ from semsim_audit.core import select_device
 from semsim_audit.semsim.checkpoint import CheckpointMetadata, load_checkpoint
 from semsim_audit.semsim.model import SemSimNet
 
-__all__ = ["SemSim", "DEFAULT_CHECKPOINT", "PROXY_V1_CHECKPOINT"]
+__all__ = ["SemSim", "DEFAULT_CHECKPOINT", "PROXY_V1_CHECKPOINT", "PROXY_V2_CHECKPOINT"]
 
 _CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
-# The stats head on the proxy mix with real attack outputs (semsim_audit.semsim.default_checkpoint).
-DEFAULT_CHECKPOINT = _CHECKPOINTS / "semsim-proxy-v2.safetensors"
-# The default before it (the released recipe on proxy annotations), kept to compare against and to load.
+# The layout-and-sharpness stats head on the proxy mix with real attack outputs
+# (semsim_audit.semsim.default_checkpoint).
+DEFAULT_CHECKPOINT = _CHECKPOINTS / "semsim-proxy-v3.safetensors"
+# The defaults before it, kept to compare against and to load: the plain stats head on the same kind of
+# mix (v2), and the released recipe on proxy annotations (v1).
+PROXY_V2_CHECKPOINT = _CHECKPOINTS / "semsim-proxy-v2.safetensors"
 PROXY_V1_CHECKPOINT = _CHECKPOINTS / "semsim-proxy.safetensors"
 
 

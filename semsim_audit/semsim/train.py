@@ -69,7 +69,7 @@ from semsim_audit.semsim.checkpoint import (
     save_checkpoint,
     write_safetensors,
 )
-from semsim_audit.semsim.model import HEADS, SemSimNet
+from semsim_audit.semsim.model import HEADS, STATS_HEADS, Head, SemSimNet
 from semsim_audit.semsim.scorer import DEFAULT_CHECKPOINT
 
 __all__ = ["TrainConfig", "TrainResult", "ImagePool", "train", "resume_path", "initial_model",
@@ -97,7 +97,7 @@ class TrainConfig:
     """Training settings. Fields left ``None`` take the default of the recipe the other fields pick:
     the head recipe when ``trainable="head"``, the released one when ``trainable="all"``."""
 
-    head: Literal["none", "stats"] = "stats"
+    head: Head = "stats"
     trainable: Literal["head", "all"] = "head"
     loss: Literal["pairs", "triplet"] | None = None  # pairs with the stats head, triplet without
     epochs: int | None = None  # HEAD_EPOCHS, or the released 100
@@ -129,9 +129,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self._check_choices()
         head_only = self.trainable == "head"
-        if head_only and self.head != "stats":
-            raise ValueError("trainable='head' needs head='stats': the released model has no head to train "
-                             "alone; use trainable='all'")
+        if head_only and self.head not in STATS_HEADS:
+            raise ValueError("trainable='head' needs head='stats' or 'stats-layout': the released model has "
+                             "no head to train alone; use trainable='all'")
         if head_only and self.freeze_epochs:
             raise ValueError(f"freeze_epochs={self.freeze_epochs} needs trainable='all': with "
                              f"trainable='head' the backbone is frozen throughout")
@@ -139,7 +139,7 @@ class TrainConfig:
             raise ValueError(f"augment={self.augment!r} needs trainable='all': with trainable='head' each "
                              f"image's features are computed once, unaugmented")
         if self.loss is None:
-            self.loss = "pairs" if self.head == "stats" else "triplet"
+            self.loss = "pairs" if self.head in STATS_HEADS else "triplet"
         if self.epochs is None:
             self.epochs = HEAD_EPOCHS if head_only else 100
         if self.batch_size is None:
@@ -258,7 +258,7 @@ def initial_model(config: TrainConfig) -> tuple[SemSimNet, CheckpointMetadata | 
     asks for, otherwise a new head starts from random weights.
     """
     if config.init == "scratch":
-        width = config.width or (HEAD_WIDTH if config.head == "stats" else RELEASED_WIDTH)
+        width = config.width or (HEAD_WIDTH if config.head in STATS_HEADS else RELEASED_WIDTH)
         return SemSimNet(width=width, head=config.head), None
     path = DEFAULT_CHECKPOINT if config.init == "default" else Path(config.init)
     try:
@@ -491,7 +491,7 @@ def train(data: str | Path, out: str | Path, config: TrainConfig | None = None, 
     model, start_metadata = initial_model(config)
     model = model.to(device)
     embed = _Embedder(model, pool, device, cached=config.trainable == "head")
-    if config.head == "stats" and (start_metadata is None or start_metadata.head != "stats"):
+    if config.head in STATS_HEADS and (start_metadata is None or start_metadata.head != config.head):
         embed.set_standardisation(train_members)  # a new head: standardise for this data
     loss_fn: nn.Module = (PairLoss() if config.loss == "pairs"
                           else nn.TripletMarginLoss(margin=config.margin, p=2)).to(device)

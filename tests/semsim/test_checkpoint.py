@@ -128,15 +128,16 @@ def test_missing_file_is_named(tmp_path: Path) -> None:
         SemSim.load(tmp_path / "nowhere.safetensors")
 
 
-def test_a_stats_head_checkpoint_round_trips_with_its_standardisation(tmp_path: Path) -> None:
+@pytest.mark.parametrize("head", ["stats", "stats-layout"])
+def test_a_stats_head_checkpoint_round_trips_with_its_standardisation(tmp_path: Path, head: str) -> None:
     torch.manual_seed(2)
-    model = SemSimNet(width=4, head="stats").eval()
+    model = SemSimNet(width=4, head=head).eval()  # type: ignore[arg-type]
     model.feature_mean.normal_()
     model.feature_std.uniform_(0.5, 2.0)
     path = tmp_path / "stats.safetensors"
     save_checkpoint(path, model, threshold=0.3, annotator="human", data="unit test")
     loaded, metadata = load_checkpoint(path)
-    assert (metadata.head, metadata.embedding_dim) == ("stats", 64)
+    assert (metadata.head, metadata.embedding_dim) == (head, 64)
     images = torch.rand(3, 3, 32, 32)
     assert torch.equal(loaded(images), model(images))
     assert torch.equal(loaded.feature_std, model.feature_std)
