@@ -10,11 +10,19 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from semsim_audit.cli.common import fail
+from semsim_audit.cli.common import fail, fail_run
 
 app = typer.Typer(help="Train, evaluate and inspect SemSim, the human-aligned leakage metric.",
                   no_args_is_help=True, add_completion=False)
 console = Console()
+
+def _checkpoint_error(path: Path | None, error: ValueError) -> None:
+    """Exit for a checkpoint that did not load: 2 when no file was there (the command line is wrong),
+    1 when the file is there but unreadable (corrupt, truncated, another architecture)."""
+    if path is not None and not path.is_file():
+        fail(f"--checkpoint: no checkpoint file at {path}")
+    fail_run(str(error))
+
 
 # The annotation folder `train` reads; the device option `train` and `eval` share.
 AnnotationsOption = Annotated[Path, typer.Option(help="annotation folder in the released layout")]
@@ -119,6 +127,9 @@ def evaluate_command(
 
     try:
         semsim = SemSim.load(checkpoint, device=device)
+    except ValueError as error:
+        _checkpoint_error(checkpoint, error)
+    try:
         answered = _answered_source(data, labels or [])
         if answered is None:
             results = evaluate(data, semsim, use_lpips=lpips)
@@ -188,7 +199,7 @@ def show(
     try:
         _, meta = load_checkpoint(path)
     except ValueError as error:
-        fail(str(error))
+        _checkpoint_error(checkpoint, error)
     table = Table(title=f"SemSim checkpoint {path.name}", show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value", overflow="fold")
@@ -216,8 +227,10 @@ def download(
 
     try:
         paths = download_annotations(to, tuple(what or ["annotations"]))
-    except (ValueError, DownloadError) as error:
+    except ValueError as error:  # an unknown archive name
         fail(str(error))
+    except DownloadError as error:  # the network or the archive failed: the command line was fine
+        fail_run(str(error))
     for path in paths:
         console.print(f"unpacked {path}")
 

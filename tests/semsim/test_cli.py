@@ -69,12 +69,14 @@ def test_bad_data_folder_exits_2_with_one_line(tmp_path: Path) -> None:
     assert "train_with_ori" in result.output
 
 
-def test_broken_checkpoint_exits_2(annotation_folder: Path, tmp_path: Path) -> None:
+def test_unreadable_checkpoint_exits_1_and_a_missing_one_2(annotation_folder: Path, tmp_path: Path) -> None:
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"\x00" * 4)
-    result = runner.invoke(app, ["semsim", "eval", "--data", str(annotation_folder),
-                                 "--checkpoint", str(broken)])
-    assert result.exit_code == 2 and "truncated" in result.output
+    for command in (["eval", "--data", str(annotation_folder), "--checkpoint"], ["show"]):
+        result = runner.invoke(app, ["semsim", *command, str(broken)])
+        assert result.exit_code == 1 and "truncated" in result.output, result.output
+        result = runner.invoke(app, ["semsim", *command, str(tmp_path / "missing.safetensors")])
+        assert result.exit_code == 2 and "no checkpoint file" in result.output, result.output
 
 
 def test_download_offline_fails_at_once_and_leaves_nothing(tmp_path: Path,
@@ -85,7 +87,7 @@ def test_download_offline_fails_at_once_and_leaves_nothing(tmp_path: Path,
     monkeypatch.setattr(socket, "create_connection", offline)
     target = tmp_path / "semsim-data"
     result = runner.invoke(app, ["semsim", "download", "--to", str(target)])
-    assert result.exit_code == 2
+    assert result.exit_code == 1
     assert "cannot reach drive.google.com" in result.output
     assert not target.exists()
 
