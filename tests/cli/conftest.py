@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from module_files import load_module  # tests/module_files.py
 
-
-def _load(path: Path, name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-sample_run_module = _load(Path(__file__).parents[1] / "views" / "sample_run.py", "sample_run")
-dataset_files = _load(Path(__file__).parents[1] / "data" / "dataset_files.py", "dataset_files")
+sample_run_module = load_module(Path(__file__).parents[1] / "views" / "sample_run.py", "sample_run")
+dataset_files = load_module(Path(__file__).parents[1] / "data" / "dataset_files.py", "dataset_files")
 
 
 @pytest.fixture

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
+from module_files import load_module  # tests/module_files.py
 from rich.console import Console
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "semsim_sample_efficiency.py"
@@ -15,11 +15,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "semsim_sample_eff
 
 @pytest.fixture(scope="module")
 def benchmark() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("semsim_sample_efficiency", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module(SCRIPT, "semsim_sample_efficiency")
 
 
 @pytest.mark.slow

@@ -7,16 +7,15 @@ so the scores mean nothing but every path runs, in seconds.
 
 from __future__ import annotations
 
-import importlib.util
 import random
 from collections.abc import Sequence
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp.strategy import FedAvg
+from module_files import load_module  # tests/module_files.py
 
 from semsim_audit.config import AuditConfig
 from semsim_audit.data import load_dataset
@@ -25,16 +24,7 @@ from semsim_audit.strategies import AuditedStrategy, make_client_app
 from semsim_audit.strategies.client import evaluate_model
 from semsim_audit.strategies.local import InProcessGrid, set_task_identity
 
-
-def _load(path: Path, name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-audit_apps = _load(Path(__file__).parents[1] / "strategies" / "audit_apps.py", "views_audit_apps")
+audit_apps = load_module(Path(__file__).parents[1] / "strategies" / "audit_apps.py", "views_audit_apps")
 
 
 def _judge() -> Any:
