@@ -38,10 +38,13 @@ class AttackConfig(BaseModel):
         "train", description="BatchNorm on batch statistics (train, as the client computed) or running ones")
     history_size: Count = Field(100, description="L-BFGS curvature pairs kept")
     lbfgs_evaluations: Count = Field(
-        20, description="most objective evaluations in one L-BFGS iteration (torch's max_iter, as in DLG)")
+        20, description="most steps in one L-BFGS iteration (torch's max_iter, as in DLG): one evaluation "
+                        "each at a fixed step; with a line search at most 5/4 as many evaluations (max_eval)")
     # What a recipe chooses.
     objective: Literal["l2", "cosine"] = Field("l2", description="gradient distance: L2 (DLG) or 1 - cosine")
     optimizer: Literal["signed-adam", "adam", "lbfgs"] = "adam"
+    line_search: Literal["none", "strong-wolfe"] = Field(
+        "none", description="L-BFGS step length: the fixed lr (DLG) or a strong-Wolfe search per trial")
     lr: float = Field(0.1, gt=0, allow_inf_nan=False)
     labels: Literal["analytic", "idlg", "batch", "joint"] = Field(
         "analytic", description="label recovery; known labels (labels_known threat model) always win")
@@ -98,7 +101,7 @@ class AttackResult:
     loss: float
     iterations: int
     seconds: float
-    evaluations: int = 0  # objective evaluations of its batch (an L-BFGS iteration makes up to 20)
+    evaluations: int = 0  # objective evaluations of its batch (an L-BFGS iteration makes up to 20-25)
     status: str = "ok"
     reason: str | None = None
     trials: list[TrialStatus] = field(default_factory=list)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 
@@ -33,10 +35,10 @@ def _batched_evaluate(matrices: torch.Tensor, vectors: torch.Tensor, counter: li
 
 
 def _torch_lbfgs(start: torch.Tensor, matrix: torch.Tensor, vector: torch.Tensor, steps: int,
-                 history: int) -> tuple[torch.Tensor, int]:
+                 history: int, line_search: str | None = None, lr: float = 1.0) -> tuple[torch.Tensor, int]:
     """torch.optim.LBFGS(lr=1) on one trial: the final point and how many evaluations it made."""
     x = start.clone().requires_grad_(True)
-    reference = torch.optim.LBFGS([x], lr=1.0, history_size=history)
+    reference = torch.optim.LBFGS([x], lr=lr, history_size=history, line_search_fn=line_search)
     evaluations = [0]
 
     def closure() -> torch.Tensor:
@@ -52,12 +54,12 @@ def _torch_lbfgs(start: torch.Tensor, matrix: torch.Tensor, vector: torch.Tensor
 
 
 def _run(matrices: torch.Tensor, vectors: torch.Tensor, start: torch.Tensor, steps: int,
-         history: int) -> tuple[torch.Tensor, int]:
-    optimizer, counter = LBFGS(history_size=history, max_evaluations=20), [0]
+         history: int, line_search: bool = False, lr: float = 1.0) -> tuple[torch.Tensor, int]:
+    optimizer, counter = LBFGS(history_size=history, max_evaluations=20, line_search=line_search), [0]
     evaluate = _batched_evaluate(matrices, vectors, counter)
     variables = [start.clone()]
     for _ in range(steps):
-        variables = optimizer.iterate(variables, evaluate, 1.0, lambda v: v)
+        variables = optimizer.iterate(variables, evaluate, lr, lambda v: v)
     return variables[0], counter[0]
 
 
@@ -84,6 +86,56 @@ def test_a_trial_that_converges_stops_while_the_others_go_on() -> None:
     torch.testing.assert_close(batched[1, 0], hard, rtol=1e-7, atol=1e-9)
     # Each step costs the batch what its slowest trial needs: once both converge, steps stay short.
     assert max(easy_evaluations, hard_evaluations) <= evaluations < 6 * 20
+
+
+# A first guess far too long makes the searches zoom; one far too short makes them extrapolate.
+@pytest.mark.parametrize("lr", [100.0, 0.01])
+def test_strong_wolfe_steps_match_torch_line_search_for_every_trial(monkeypatch: pytest.MonkeyPatch,
+                                                                     lr: float) -> None:
+    searches: list[int] = []  # evaluations of each of torch's line searches
+    module = importlib.import_module("torch.optim.lbfgs")
+    original = module._strong_wolfe
+
+    def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        result = original(*args, **kwargs)
+        searches.append(result[3])
+        return result
+
+    monkeypatch.setattr(module, "_strong_wolfe", counted)
+    trials, steps = 3, 3
+    matrices, vectors = _problem(trials)
+    start = torch.randn((trials, 1, 12), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    batched, evaluations = _run(matrices, vectors, start, steps, 100, line_search=True, lr=lr)
+    expected = [_torch_lbfgs(start[t, 0], matrices[t], vectors[t], steps, 100, "strong_wolfe", lr)
+                for t in range(trials)]
+    assert max(searches) >= 3  # some searches bracketed and zoomed: more than the first guess was tried
+    for t, (point, _) in enumerate(expected):
+        torch.testing.assert_close(batched[t, 0], point, rtol=1e-7, atol=1e-9)
+    # torch evaluates each accepted point again at the start of its next step; the batch does not.
+    assert evaluations < max(count for _, count in expected) + steps
+
+
+def test_a_trial_that_diverges_inside_a_search_stays_put_and_the_others_go_on() -> None:
+    matrices, vectors = _problem(2)
+    start = torch.randn((2, 1, 12), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    counter = [0]
+    healthy = _batched_evaluate(matrices, vectors, counter)
+    seen: list[torch.Tensor] = []
+
+    def evaluate(variables: list[torch.Tensor], wanted: torch.Tensor | None = None) -> Evaluated:
+        result = healthy(variables, wanted)
+        seen.append(variables[0][1].clone())
+        if counter[0] >= 3:  # trial 1 diverges from its third evaluation on, as the engine reports it
+            result.alive[1] = False
+            result.gradients[0][1] = 0.0
+        return result
+
+    optimizer, variables = LBFGS(history_size=100, max_evaluations=20, line_search=True), [start.clone()]
+    for _ in range(3):
+        variables = optimizer.iterate(variables, evaluate, 1.0, lambda v: v)
+    expected, _ = _torch_lbfgs(start[0, 0], matrices[0], vectors[0], 3, 100, "strong_wolfe")
+    torch.testing.assert_close(variables[0][0, 0], expected, rtol=1e-7, atol=1e-9)
+    assert torch.equal(variables[0][1], seen[1])  # its first step, accepted before it diverged
 
 
 def test_adam_updates_each_trial_from_its_own_gradient_only() -> None:
