@@ -30,11 +30,15 @@ class Attack:
 
 
 ATTACKS: dict[str, Attack] = {attack.name: attack for attack in (
-    Attack("dlg", "Deep Leakage from Gradients: L2 matching, images and soft labels jointly by L-BFGS",
-           AttackConfig(objective="l2", optimizer="lbfgs", lr=1.0, labels="joint"),
+    Attack("dlg", "Deep Leakage from Gradients: L2 matching, images and soft labels jointly by L-BFGS "
+           "(strong-Wolfe steps)",
+           AttackConfig(objective="l2", optimizer="lbfgs", lr=1.0, labels="joint",
+                        line_search="strong-wolfe"),
            references=("Zhu et al., NeurIPS 2019",)),
-    Attack("idlg", "iDLG: labels read off the last layer's gradient, then DLG's L2 matching by L-BFGS",
-           AttackConfig(objective="l2", optimizer="lbfgs", lr=1.0, labels="analytic"),
+    Attack("idlg", "iDLG: labels read off the last layer's gradient, then DLG's L2 matching by L-BFGS "
+           "(strong-Wolfe steps)",
+           AttackConfig(objective="l2", optimizer="lbfgs", lr=1.0, labels="analytic",
+                        line_search="strong-wolfe"),
            references=("Zhao et al., 2020",)),
     Attack("inverting-gradients", "Inverting Gradients: 1 - cosine matching + TV, signed Adam, box, schedule",
            AttackConfig(objective="cosine", optimizer="signed-adam", lr=0.1, labels="analytic",

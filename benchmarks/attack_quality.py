@@ -74,6 +74,9 @@ CASES = [
          model_options={"uniform_init": True}),
     Case("dlg-joint-lenet", "lenet", "dlg", "dlg", images=8, iterations=300,
          model_options={"uniform_init": True}),
+    # Like for like: both sides with a strong-Wolfe line search (torch's own on the reference side).
+    Case("dlg-lenet-wolfe", "lenet", "idlg", "idlg", images=8, iterations=300,
+         model_options={"uniform_init": True}, reference_overrides={"line_search": "strong_wolfe"}),
     Case("ig-lenet", "lenet", "inverting-gradients", "invertinggradients", images=8, iterations=150),
     Case("ig-convnet", "convnet", "inverting-gradients", "invertinggradients", iterations=150,
          model_options={"width": 32}),
@@ -185,7 +188,8 @@ def run_case(case: Case, semsim: SemSim, *, quick: bool, device: torch.device,
     elif case.reference in ("dlg", "idlg"):
         def reference(observation: Observation, truth: torch.Tensor) -> ReferenceResult:
             return dlg_reference(observation, steps=reference_iterations,
-                                 joint_labels=case.reference == "dlg")
+                                 joint_labels=case.reference == "dlg",
+                                 line_search=case.reference_overrides.get("line_search"))
     elif breaching_available():
         def reference(observation: Observation, truth: torch.Tensor) -> ReferenceResult:
             return breaching_attack(observation, attack=case.reference, iterations=reference_iterations,

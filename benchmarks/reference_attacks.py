@@ -38,8 +38,9 @@ class ReferenceResult:
 
 
 def dlg_reference(observation: Observation, *, steps: int = 300, joint_labels: bool = False,
-                  seed: int = 0) -> ReferenceResult:
-    """The DLG authors' loop on one observation (batch 1, FedSGD)."""
+                  seed: int = 0, line_search: str | None = None) -> ReferenceResult:
+    """The DLG authors' loop on one observation (batch 1, FedSGD); ``line_search="strong_wolfe"``
+    gives torch's own line search instead of the authors' fixed step."""
     model = copy.deepcopy(observation.model).requires_grad_(True)
     target = [observation.target[name] for name, _ in model.named_parameters()]
     generator = torch.Generator().manual_seed(seed)
@@ -54,7 +55,7 @@ def dlg_reference(observation: Observation, *, steps: int = 300, joint_labels: b
         label = idlg_label(observation.as_gradient(), num_classes)
         onehot = nn.functional.one_hot(torch.tensor([label]), num_classes).float()
         variables = [dummy]
-    optimizer = torch.optim.LBFGS(variables, lr=1)
+    optimizer = torch.optim.LBFGS(variables, lr=1, line_search_fn=line_search)
     evaluations = 0
 
     def closure() -> torch.Tensor:

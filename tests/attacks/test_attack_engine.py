@@ -124,8 +124,8 @@ def test_attack_leaves_the_callers_model_alone(photos, client_gradient):
 @pytest.mark.slow
 def test_dlg_with_idlg_labels_reconstructs_real_photos_on_the_sigmoid_lenet(photos, client_gradient,
                                                                            first_of_class, psnr):
-    # DLG's optimisation (L2 matching, L-BFGS, lr 1) with the label read off the gradient (iDLG), at the
-    # authors' budget: 300 L-BFGS iterations of up to 20 evaluations each.
+    # DLG's optimisation (L2 matching, L-BFGS from lr 1, here with strong-Wolfe steps) with the label read
+    # off the gradient (iDLG), at the authors' budget: 300 L-BFGS iterations of up to 20 steps each.
     torch.manual_seed(0)
     model = model_for("lenet", photos.spec, uniform_init=True)
     indices = first_of_class(photos, [1, 2, 3, 4])
