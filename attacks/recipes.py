@@ -65,6 +65,9 @@ def _attack(name: str) -> Attack:
 
 def _plan(attack: Attack, config: AttackConfig, first: Observation, notes: list[str]) -> tuple[Plan, str]:
     settings = config.resolve(attack.settings)
+    if settings.line_search != "none" and settings.optimizer != "lbfgs":
+        raise ValueError(f"line_search={settings.line_search!r} needs optimizer='lbfgs'; "
+                         f"{attack.name} runs {settings.optimizer!r}")
     labels = "known" if first.labels is not None else settings.labels
     if settings.bn_weight > 0 and not batchnorm_layers(first.model):
         notes.append("model has no BatchNorm layers: BatchNorm-statistics prior skipped")

@@ -30,6 +30,9 @@ def test_registry_has_the_published_attacks_and_unknown_names_list_them(photos, 
         run_attack("deep-leakage", observation, AttackConfig(iterations=1))
     with pytest.raises(ValueError, match="layer_weights has 2 entries"):
         run_attack("dlg", observation, AttackConfig(iterations=1, layer_weights=(1.0, 2.0)))
+    with pytest.raises(ValueError, match="line_search='strong-wolfe' needs optimizer='lbfgs'; "
+                                         "inverting-gradients runs 'signed-adam'"):
+        run_attack("inverting-gradients", observation, AttackConfig(iterations=1, line_search="strong-wolfe"))
 
 
 @pytest.mark.slow
