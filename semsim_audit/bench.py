@@ -138,7 +138,7 @@ FEDERATION: dict[str, Any] = {
 }
 # Three strengths per defense: a weak one that still leaks, then stronger ones that cost accuracy.
 DEFAULT_DEFENSES: tuple[str, ...] = ("none", "noise:0.001,0.01,0.3", "prune:0.5,0.9,0.99")
-# Inverting Gradients (cosine, cheap per step) and iDLG (L2 by L-BFGS, up to 25 evaluations a step).
+# Inverting Gradients (cosine, cheap per step) and iDLG (L2 by L-BFGS, up to 25 evaluations an iteration).
 DEFAULT_ATTACKS: tuple[str, ...] = ("inverting-gradients", "idlg:30")
 # The known adaptive attack of a defense: a pruned update's zeros say what was dropped, not what the
 # gradient was, so the attacker matches only the coordinates the client sent.
