@@ -186,9 +186,7 @@ class LBFGS:
         """
         trials, size = grad.shape
         history = self.history_size
-        if self.pairs is None:
-            self._allocate(trials, size, grad)
-        assert self.pairs is not None and self.gram is not None
+        assert self.pairs is not None and self.gram is not None  # allocated by _update_and_direct
         assert self.position is not None and self.filled is not None and self.scale is not None
         index = torch.arange(trials, device=grad.device)
         flat_pairs = self.pairs.view(trials, 2 * history, size)
