@@ -31,15 +31,27 @@ def gradient_distance(produced: dict[str, torch.Tensor], observed: dict[str, tor
     coordinates alone (a pruned update's zeros say what was dropped, not what the gradient was).
     """
     names = list(observed)
+    trials = observed[names[0]].shape[0]
+    # All layers as one (T, P) row per trial: a few large operations instead of a few per layer,
+    # forward and backward (the unit weights of the default skip their multiplication).
+    produced_flat = torch.cat([produced[n].reshape(trials, -1) for n in names], 1)
+    observed_flat = torch.cat([observed[n].reshape(trials, -1) for n in names], 1)
     if support_only:
-        produced = {n: produced[n] * (observed[n] != 0) for n in names}
-    pairs = [(produced[n], observed[n], w) for n, w in zip(names, layer_weights, strict=True)]
+        produced_flat = produced_flat * (observed_flat != 0)
+    scale = None
+    if any(w != 1.0 for w in layer_weights):
+        scale = torch.cat([observed_flat.new_full((observed[n][0].numel(),), float(w))
+                           for n, w in zip(names, layer_weights, strict=True)])
+
+    def weighted_sum(values: torch.Tensor) -> torch.Tensor:
+        return (values if scale is None else values * scale).sum(1)
+
     if objective == "l2":
-        return sum(w * _per_trial_sum((p - o).pow(2)) for p, o, w in pairs)
+        return weighted_sum((produced_flat - observed_flat).pow(2))
     if objective == "cosine":
-        dot = sum(w * _per_trial_sum(p * o) for p, o, w in pairs)
-        produced_sq = sum(w * _per_trial_sum(p.pow(2)) for p, _, w in pairs)
-        observed_sq = sum(w * _per_trial_sum(o.pow(2)) for _, o, w in pairs)
+        dot = weighted_sum(produced_flat * observed_flat)
+        produced_sq = weighted_sum(produced_flat.pow(2))
+        observed_sq = weighted_sum(observed_flat.pow(2))
         return 1.0 - dot / ((produced_sq + _NORM_FLOOR).sqrt() * (observed_sq + _NORM_FLOOR).sqrt())
     raise ValueError(f"unknown objective {objective!r}; use 'l2' or 'cosine'")
 
