@@ -129,26 +129,151 @@ class _Stack:
         self.weights: dict[str, torch.Tensor] = {}   # name -> (T, *shape)
         self.buffers: dict[str, torch.Tensor] = {}
         self.records: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        # Whether the running backward pass wants the gradient of the leaf weights: the pass that
+        # produces the trials' gradients does; the one that differentiates the matching loss with
+        # respect to the images does not (an autograd.Function cannot see which outputs are wanted).
+        self.leaf_grads = True
 
 
 class _Unsupported(Exception):
     """The model has something the stacked form cannot express."""
 
 
+_convolution_backward = torch.ops.aten.convolution_backward
+_NARROW = 16   # input channels a group up to which a stacked convolution takes _GroupedConv on a CPU
+
+
+@dataclass(frozen=True)
+class _ConvShape:
+    stride: list[int]
+    padding: list[int]
+    dilation: list[int]
+    groups: int
+
+    def backward(self, grad_output: torch.Tensor, inputs: torch.Tensor, weight: torch.Tensor,
+                 mask: list[bool]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return _convolution_backward(grad_output, inputs, weight, None, self.stride, self.padding,
+                                     self.dilation, False, [0, 0], self.groups, mask)
+
+
+class _ConvInputGrad(torch.autograd.Function):
+    """The input gradient of a convolution, differentiable in the output gradient (and a non-leaf weight)."""
+
+    @staticmethod
+    def forward(ctx, grad_output, inputs, weight, shape):  # type: ignore[override]
+        ctx.save_for_backward(grad_output, inputs, weight)
+        ctx.shape = shape
+        return shape.backward(grad_output, inputs, weight, [True, False, False])[0]
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        grad_output, inputs, weight = ctx.saved_tensors
+        shape = ctx.shape
+        to_output = (F.conv2d(grad, weight, None, shape.stride, shape.padding, shape.dilation, shape.groups)
+                     if ctx.needs_input_grad[0] else None)
+        to_weight = (shape.backward(grad_output, grad, weight, [False, True, False])[1]
+                     if ctx.needs_input_grad[2] else None)
+        return to_output, None, to_weight, None
+
+
+class _ConvWeightGrad(torch.autograd.Function):
+    """The weight gradient of a convolution, differentiable in the output gradient and the input."""
+
+    @staticmethod
+    def forward(ctx, grad_output, inputs, weight, shape):  # type: ignore[override]
+        ctx.save_for_backward(grad_output, inputs, weight)
+        ctx.shape = shape
+        return shape.backward(grad_output, inputs, weight, [False, True, False])[1]
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        grad_output, inputs, _ = ctx.saved_tensors
+        shape = ctx.shape
+        to_output = (F.conv2d(inputs, grad, None, shape.stride, shape.padding, shape.dilation, shape.groups)
+                     if ctx.needs_input_grad[0] else None)
+        to_input = (shape.backward(grad_output, inputs, grad, [True, False, False])[0]
+                    if ctx.needs_input_grad[1] else None)
+        return to_output, to_input, None, None
+
+
+class _GroupedConv(torch.autograd.Function):
+    """``F.conv2d`` whose backward is itself differentiable without torch's grouped double backward.
+
+    torch differentiates a convolution's backward in one function that always computes the weight
+    term of the input gradient, one group at a time: with every trial a group, that is a
+    convolution per trial and layer in each evaluation, for a term the attack never reads when the
+    weights are leaves (the attack differentiates the second time with respect to the images only).
+    Here the two halves of the backward are separate functions, and the input gradient leaves a
+    leaf weight out of its graph; a weight computed from the images (FedAvg's unrolled steps) stays in.
+    """
+
+    @staticmethod
+    def forward(ctx, inputs, weight, shape, stack, leaf):  # type: ignore[override]
+        ctx.save_for_backward(inputs, weight)
+        ctx.shape, ctx.stack, ctx.leaf = shape, stack, leaf
+        return F.conv2d(inputs, weight, None, shape.stride, shape.padding, shape.dilation, shape.groups)
+
+    @staticmethod
+    def backward(ctx, grad_output):  # type: ignore[override]
+        inputs, weight = ctx.saved_tensors
+        shape = ctx.shape
+        to_input = to_weight = None
+        if ctx.needs_input_grad[0]:
+            kept = weight.detach() if ctx.leaf else weight
+            to_input = _ConvInputGrad.apply(grad_output, inputs.detach(), kept, shape)
+        if ctx.needs_input_grad[1] and (ctx.stack.leaf_grads or not ctx.leaf):
+            to_weight = _ConvWeightGrad.apply(grad_output, inputs, weight.detach(), shape)
+        return to_input, to_weight, None, None, None
+
+
+def _explicit_padding(conv: nn.Conv2d) -> list[int]:
+    """The convolution's padding as numbers ('valid', and 'same' where it pads both sides alike)."""
+    if conv.padding == "valid":
+        return [0, 0]
+    if conv.padding == "same":
+        total = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size, strict=True)]
+        if any(t % 2 for t in total):
+            raise _Unsupported("a convolution whose 'same' padding differs between sides")
+        return [t // 2 for t in total]
+    return list(conv.padding)
+
+
 class _StackedConv2d(nn.Module):
+    """A convolution per trial, the trials stacked along the channels (one grouped convolution).
+
+    Narrow layers (at most :data:`_NARROW` input channels a group, as in the LeNets of the DLG
+    literature) take :class:`_GroupedConv`, on channels-last tensors on a CPU: measured on a 2-core
+    CPU, 1.1-1.35x the throughput of plain autograd on the LeNet from K=1 to K=64. Wider layers
+    (ResNet-18) were slower that way on the CPU and keep ``F.conv2d`` there.
+    """
+
     def __init__(self, conv: nn.Conv2d, prefix: str, stack: _Stack) -> None:
         super().__init__()
-        self.stride, self.padding, self.dilation = conv.stride, conv.padding, conv.dilation
+        self.stride, self.dilation = list(conv.stride), list(conv.dilation)
+        self.padding = _explicit_padding(conv)
         self.groups = conv.groups
+        self.narrow = conv.in_channels // conv.groups <= _NARROW
         self.weight = prefix + "weight"
         self.bias = prefix + "bias" if conv.bias is not None else None
         self.stack = stack
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.stack.weights[self.weight]
-        bias = self.stack.weights[self.bias].reshape(-1) if self.bias is not None else None
-        return F.conv2d(x, weight.reshape(-1, *weight.shape[2:]), bias, self.stride, self.padding,
-                        self.dilation, self.groups * self.stack.count)
+        leaf = weight.is_leaf
+        weight = weight.reshape(-1, *weight.shape[2:])
+        shape = _ConvShape(self.stride, self.padding, self.dilation, self.groups * self.stack.count)
+        cpu = x.device.type == "cpu"
+        if cpu and not self.narrow:
+            out = F.conv2d(x.contiguous(), weight, None, shape.stride, shape.padding, shape.dilation,
+                           shape.groups)
+        else:
+            if cpu:  # oneDNN's grouped kernels for few channels a group are faster on channels-last tensors
+                x = x.contiguous(memory_format=torch.channels_last)
+                weight = weight.contiguous(memory_format=torch.channels_last)
+            out = _GroupedConv.apply(x, weight, shape, self.stack, leaf)
+        if self.bias is not None:
+            out = out + self.stack.weights[self.bias].reshape(1, -1, 1, 1)
+        return out
 
 
 class _StackedLinear(nn.Module):
@@ -365,7 +490,11 @@ class StackedProgram:
                 self._logits(chosen.weights, chosen.buffers, candidates)
                 records, self.stack.records = self.stack.records, None
                 total = total + setup.settings.bn_weight * batchnorm_prior(records, chosen.bn_running)
-            grads = [g.detach() for g in torch.autograd.grad(total.sum(), inputs)]
+            self.stack.leaf_grads = False
+            try:
+                grads = [g.detach() for g in torch.autograd.grad(total.sum(), inputs)]
+            finally:
+                self.stack.leaf_grads = True
         total, matching = total.detach(), matching.detach()
         if subset:  # back into every trial's slot; the ones left out get zeros
             assert trials is not None

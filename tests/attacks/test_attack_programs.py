@@ -56,6 +56,8 @@ CASES = [
     ("convnet", {"width": 4, "batch_norm": True}, "gradinversion", 2, {}, {}),
     ("convnet", {"width": 4, "batch_norm": True}, "inverting-gradients", 2, {}, {"model_mode": "eval"}),
     ("resnet18", {"width": 4}, "inverting-gradients", 1, {}, {}),
+    # Wider than _NARROW channels a group after the first layer: the plain grouped convolution.
+    ("convnet", {"width": 24}, "inverting-gradients", 1, {}, {}),
     ("lenet", {}, "fedavg", 2, {"lr": 0.1, "steps": 2}, {}),
 ]
 
@@ -123,6 +125,30 @@ class _LayerNormNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.norm(x), 1))
+
+
+class _SamePadding(nn.Module):
+    """Convolutions with padding='same' (one dilated): the stacked form pads them explicitly."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.Conv2d(3, 4, 3, padding="same")
+        self.second = nn.Conv2d(4, 4, 3, padding="same", dilation=2)
+        self.fc = nn.Linear(4 * 32 * 32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(torch.sigmoid(self.second(torch.sigmoid(self.first(x)))), 1))
+
+
+def test_same_padding_runs_stacked_and_agrees_with_torch_func(photos, client_gradient):
+    torch.manual_seed(0)
+    observations = _observations(photos, client_gradient, _SamePadding(), [0, 1], 1)
+    stacked, lifted, _ = _programs(observations, "inverting-gradients")
+    images = torch.randn(2, 2, 1, *photos.spec.shape)
+    one, other = stacked.evaluate(images, None), lifted.evaluate(images, None)
+    torch.testing.assert_close(one.total, other.total, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(one.image_grad, other.image_grad, rtol=1e-3,
+                               atol=1e-4 * float(other.image_grad.abs().max()))
 
 
 @pytest.mark.parametrize("model_class", [_FixedReshape, _LayerNormNet])

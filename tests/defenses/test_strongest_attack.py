@@ -131,7 +131,9 @@ def test_both_attack_programs_match_only_the_kept_coordinates(photos, attack: st
         stacked = StackedProgram(setup, functional).evaluate(candidates, None)
         vmapped = VmapProgram(setup, functional).evaluate(candidates, None)
         assert torch.allclose(stacked.matching, vmapped.matching, rtol=1e-4)
-        assert torch.allclose(stacked.image_grad, vmapped.image_grad, rtol=1e-3, atol=1e-6)
+        # float32 rounding differs between the two forms' kernels: absolute slack scaled to the gradient
+        scale = float(vmapped.image_grad.abs().max())
+        assert torch.allclose(stacked.image_grad, vmapped.image_grad, rtol=1e-3, atol=1e-4 * scale)
         losses[masked] = float(stacked.matching)
     assert losses[True] != losses[False]
     if attack == "idlg":  # L2: dropping the zeroed 90% of the terms can only lower the distance
