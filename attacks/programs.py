@@ -396,6 +396,13 @@ class StackedProgram:
             bn_running=[(per_trial(m), per_trial(v)) for m, v in setup.bn_running],
             probabilities=per_trial(setup.probabilities) if setup.probabilities is not None else None)
         self.check(functional)
+        # One trial alone (the slow tail of an L-BFGS run, or an attack on one update) runs on the
+        # model as written, its weights copied in: the grouped form only costs there.
+        self.plain: dict[str, nn.Parameter] | None = None
+        if setup.steps == 1 and not setup.bn_running:
+            self.single = copy.deepcopy(functional)
+            self.plain = {n: q.requires_grad_(True) for n, q in self.single.named_parameters()}
+            self.plain_buffers = dict(self.single.named_buffers())
 
     def _logits(self, weights: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],
                 images: torch.Tensor) -> torch.Tensor:
@@ -458,10 +465,54 @@ class StackedProgram:
             weights = {n: w - per_trial(trials.lr, w) * velocity[n] for n, w in weights.items()}
         return {n: trials.weights[n] - weights[n] for n in names}
 
+    def _evaluate_one(self, trial: int, images: torch.Tensor, label_logits: torch.Tensor | None
+                      ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """Gradients, total and matching (each with a leading 1) of the one trial ``trial``."""
+        setup = self.setup
+        assert self.plain is not None
+        with torch.no_grad():
+            for name, parameter in self.plain.items():
+                parameter.copy_(self.all.weights[name][trial])
+            for name, buffer in self.plain_buffers.items():
+                buffer.copy_(self.all.buffers[name][trial])
+        candidate = images.detach()[trial].requires_grad_(True)          # (B, C, H, W)
+        inputs = [candidate]
+        if setup.joint_labels:
+            assert label_logits is not None
+            logits = label_logits.detach()[trial].requires_grad_(True)
+            inputs.append(logits)
+            probabilities = logits.softmax(-1)
+        else:
+            assert self.all.probabilities is not None
+            probabilities = self.all.probabilities[trial]
+        names = setup.names
+        with torch.enable_grad():
+            output = self.single(candidate)
+            loss = -(probabilities * output.log_softmax(-1)).sum(-1).mean()
+            grads = torch.autograd.grad(loss, [self.plain[n] for n in names], create_graph=True)
+            produced = {n: g.unsqueeze(0) for n, g in zip(names, grads, strict=True)}
+            target = {n: self.all.target[n][trial:trial + 1] for n in names}
+            matching = gradient_distance(produced, target, setup.layer_weights, setup.settings.objective,
+                                         setup.settings.match_support)
+            total = matching + setup.priors(candidate.unsqueeze(0))
+            gradients = [g.detach().unsqueeze(0) for g in torch.autograd.grad(total.sum(), inputs)]
+        return gradients, total.detach(), matching.detach()
+
     def evaluate(self, images: torch.Tensor, label_logits: torch.Tensor | None,
                  trials: torch.Tensor | None = None) -> Evaluation:
         setup = self.setup
         count, restarts = images.shape[:2]
+        if trials is not None and trials.numel() == 1:
+            single: int | None = int(trials[0])
+        else:
+            single = 0 if self.trials == 1 else None
+        if single is not None and self.plain is not None:
+            flat_logits = (label_logits.reshape(self.trials, *label_logits.shape[2:])
+                           if label_logits is not None else None)
+            grads, total, matching = self._evaluate_one(
+                single, images.reshape(self.trials, *images.shape[2:]), flat_logits)
+            return self._spread(images, label_logits, grads, total, matching,
+                                torch.tensor([single], device=images.device))
         flat_images = images.detach().reshape(self.trials, *images.shape[2:])
         flat_logits = (label_logits.detach().reshape(self.trials, *label_logits.shape[2:])
                        if label_logits is not None else None)
@@ -495,9 +546,15 @@ class StackedProgram:
                 grads = [g.detach() for g in torch.autograd.grad(total.sum(), inputs)]
             finally:
                 self.stack.leaf_grads = True
-        total, matching = total.detach(), matching.detach()
-        if subset:  # back into every trial's slot; the ones left out get zeros
-            assert trials is not None
+        return self._spread(images, label_logits, grads, total.detach(), matching.detach(),
+                            trials if subset else None)
+
+    def _spread(self, images: torch.Tensor, label_logits: torch.Tensor | None, grads: list[torch.Tensor],
+                total: torch.Tensor, matching: torch.Tensor, trials: torch.Tensor | None) -> Evaluation:
+        """The evaluated trials' results in every trial's slot (zeros for those left out)."""
+        setup = self.setup
+        count, restarts = images.shape[:2]
+        if trials is not None and len(trials) < self.trials:
 
             def spread(values: torch.Tensor) -> torch.Tensor:
                 full = values.new_zeros((self.trials, *values.shape[1:]))
