@@ -140,7 +140,7 @@ class _Unsupported(Exception):
 
 
 _convolution_backward = torch.ops.aten.convolution_backward
-_NARROW = 16   # input channels a group up to which a stacked convolution takes _GroupedConv on a CPU
+_NARROW = 12   # input channels a group up to which a model's stacked convolutions take _GroupedConv on a CPU
 
 
 @dataclass(frozen=True)
@@ -241,10 +241,11 @@ def _explicit_padding(conv: nn.Conv2d) -> list[int]:
 class _StackedConv2d(nn.Module):
     """A convolution per trial, the trials stacked along the channels (one grouped convolution).
 
-    Narrow layers (at most :data:`_NARROW` input channels a group, as in the LeNets of the DLG
-    literature) take :class:`_GroupedConv`, on channels-last tensors on a CPU: measured on a 2-core
-    CPU, 1.1-1.35x the throughput of plain autograd on the LeNet from K=1 to K=64. Wider layers
-    (ResNet-18) were slower that way on the CPU and keep ``F.conv2d`` there.
+    In a model whose convolutions are all narrow (at most :data:`_NARROW` input channels a group,
+    as in the LeNets of the DLG literature) they take :class:`_GroupedConv`, on channels-last tensors
+    on a CPU: measured on a 2-core CPU, 1.2-1.6x the throughput of plain autograd on the LeNet from
+    K=1 to K=64. With wider layers (a ConvNet of width 16, ResNet-18) that was slower on the CPU, also
+    when only the narrow first layer took it: their convolutions keep ``F.conv2d``.
     """
 
     def __init__(self, conv: nn.Conv2d, prefix: str, stack: _Stack) -> None:
@@ -252,7 +253,8 @@ class _StackedConv2d(nn.Module):
         self.stride, self.dilation = list(conv.stride), list(conv.dilation)
         self.padding = _explicit_padding(conv)
         self.groups = conv.groups
-        self.narrow = conv.in_channels // conv.groups <= _NARROW
+        self.in_channels_per_group = conv.in_channels // conv.groups
+        self.narrow = False   # set by _stacked_model, for all convolutions of the model at once
         self.weight = prefix + "weight"
         self.bias = prefix + "bias" if conv.bias is not None else None
         self.stack = stack
@@ -341,6 +343,10 @@ def _stacked_model(template: nn.Module, stack: _Stack, training: bool) -> nn.Mod
                 raise _Unsupported(f"layer {type(child).__name__}")
     if next(model.parameters(), None) is not None:
         raise _Unsupported("parameters outside convolution, linear and BatchNorm layers")
+    convolutions = [m for m in model.modules() if isinstance(m, _StackedConv2d)]
+    narrow = all(m.in_channels_per_group <= _NARROW for m in convolutions)
+    for convolution in convolutions:  # all or none: switching memory formats between layers costs more
+        convolution.narrow = narrow
     return model
 
 
