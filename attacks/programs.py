@@ -140,7 +140,7 @@ class _Unsupported(Exception):
 
 
 _convolution_backward = torch.ops.aten.convolution_backward
-_NARROW = 12   # input channels a group up to which a model's stacked convolutions take _GroupedConv on a CPU
+_NARROW = 12   # input channels a group up to which a model's stacked convolutions take _GroupedConv
 
 
 @dataclass(frozen=True)
@@ -242,10 +242,11 @@ class _StackedConv2d(nn.Module):
     """A convolution per trial, the trials stacked along the channels (one grouped convolution).
 
     In a model whose convolutions are all narrow (at most :data:`_NARROW` input channels a group,
-    as in the LeNets of the DLG literature) they take :class:`_GroupedConv`, on channels-last tensors
-    on a CPU: measured on a 2-core CPU, 1.2-1.6x the throughput of plain autograd on the LeNet from
-    K=1 to K=64. With wider layers (a ConvNet of width 16, ResNet-18) that was slower on the CPU, also
-    when only the narrow first layer took it: their convolutions keep ``F.conv2d``.
+    as in the LeNets of the DLG literature) they take :class:`_GroupedConv` (on any device), on
+    channels-last tensors on a CPU: measured on a 2-core CPU, 1.2-1.6x the throughput of plain
+    autograd on the LeNet from K=1 to K=64. With wider layers (a ConvNet of width 16, ResNet-18)
+    that was slower on the CPU, also when only the narrow first layer took it: their convolutions
+    keep ``F.conv2d``.
     """
 
     def __init__(self, conv: nn.Conv2d, prefix: str, stack: _Stack) -> None:
@@ -264,12 +265,10 @@ class _StackedConv2d(nn.Module):
         leaf = weight.is_leaf
         weight = weight.reshape(-1, *weight.shape[2:])
         shape = _ConvShape(self.stride, self.padding, self.dilation, self.groups * self.stack.count)
-        cpu = x.device.type == "cpu"
-        if cpu and not self.narrow:
-            out = F.conv2d(x.contiguous(), weight, None, shape.stride, shape.padding, shape.dilation,
-                           shape.groups)
+        if not self.narrow:
+            out = F.conv2d(x, weight, None, shape.stride, shape.padding, shape.dilation, shape.groups)
         else:
-            if cpu:  # oneDNN's grouped kernels for few channels a group are faster on channels-last tensors
+            if x.device.type == "cpu":  # oneDNN's kernels for few channels a group prefer channels-last
                 x = x.contiguous(memory_format=torch.channels_last)
                 weight = weight.contiguous(memory_format=torch.channels_last)
             out = _GroupedConv.apply(x, weight, shape, self.stack, leaf)

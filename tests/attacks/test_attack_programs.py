@@ -56,6 +56,8 @@ CASES = [
     ("convnet", {"width": 4, "batch_norm": True}, "gradinversion", 2, {}, {}),
     ("convnet", {"width": 4, "batch_norm": True}, "inverting-gradients", 2, {}, {"model_mode": "eval"}),
     ("resnet18", {"width": 4}, "inverting-gradients", 1, {}, {}),
+    # Every convolution narrow (the channels-last _GroupedConv path), with BatchNorm and its prior.
+    ("convnet", {"width": 2, "batch_norm": True}, "gradinversion", 2, {}, {}),
     # Wider than _NARROW channels a group after the first layer: the plain grouped convolution.
     ("convnet", {"width": 24}, "inverting-gradients", 1, {}, {}),
     ("lenet", {}, "fedavg", 2, {"lr": 0.1, "steps": 2}, {}),
