@@ -90,36 +90,22 @@ def test_stacked_and_torch_func_programs_agree(photos, client_gradient, first_of
         torch.testing.assert_close(one.label_grad, other.label_grad, rtol=1e-3,
                                    atol=1e-4 * float(other.label_grad.abs().max()))
 
-    # Only some trials (what L-BFGS asks for once others stopped): their slots as in the full evaluation,
-    # zeros in the others.
-    wanted = torch.zeros(count * restarts, dtype=torch.bool)
-    wanted[[0, count * restarts - 1]] = True
-    part = stacked.evaluate(images, logits, wanted.nonzero().squeeze(1))
-    mask = wanted.view(count, restarts)
-    torch.testing.assert_close(part.total[mask], one.total[mask], rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(part.matching[mask], one.matching[mask], rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(part.image_grad[mask], one.image_grad[mask], rtol=1e-3, atol=1e-4 * scale)
-    assert not part.total[~mask].any() and not part.image_grad[~mask].any()
-    if joint:
-        torch.testing.assert_close(part.label_grad[mask], one.label_grad[mask], rtol=1e-3,
-                                   atol=1e-4 * float(other.label_grad.abs().max()))
-
-    # One trial alone (the model as written, where the program has that path): its slot as in the
-    # full evaluation, zeros in the others.
-    last = count * restarts - 1
-    lone = stacked.evaluate(images, logits, torch.tensor([last]))
+    # Only some trials (what L-BFGS asks for once others stopped), and one trial alone (the model as
+    # written, where the program has that path): their slots as in the full evaluation, zeros elsewhere.
     assert (stacked.plain is not None) == (update == {} and attack != "gradinversion")
-    slot = torch.zeros(count * restarts, dtype=torch.bool)
-    slot[last] = True
-    slot = slot.view(count, restarts)
-    torch.testing.assert_close(lone.total[slot], one.total[slot], rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(lone.matching[slot], one.matching[slot], rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(lone.image_grad[slot], one.image_grad[slot], rtol=1e-3, atol=1e-4 * scale)
-    assert not lone.total[~slot].any() and not lone.image_grad[~slot].any()
-    if joint:
-        torch.testing.assert_close(lone.label_grad[slot], one.label_grad[slot], rtol=1e-3,
-                                   atol=1e-4 * float(other.label_grad.abs().max()))
-        assert not lone.label_grad[~slot].any()
+    for chosen in ([0, count * restarts - 1], [count * restarts - 1]):
+        wanted = torch.zeros(count * restarts, dtype=torch.bool)
+        wanted[chosen] = True
+        part = stacked.evaluate(images, logits, torch.tensor(chosen))
+        mask = wanted.view(count, restarts)
+        torch.testing.assert_close(part.total[mask], one.total[mask], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(part.matching[mask], one.matching[mask], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(part.image_grad[mask], one.image_grad[mask], rtol=1e-3, atol=1e-4 * scale)
+        assert not part.total[~mask].any() and not part.image_grad[~mask].any()
+        if joint:
+            torch.testing.assert_close(part.label_grad[mask], one.label_grad[mask], rtol=1e-3,
+                                       atol=1e-4 * float(other.label_grad.abs().max()))
+            assert not part.label_grad[~mask].any()
 
 
 class _FixedReshape(nn.Module):
