@@ -16,10 +16,6 @@ __all__ = ["gradient_distance", "total_variation", "l2_prior", "batchnorm_prior"
 _NORM_FLOOR = 1e-30
 
 
-def _per_trial_sum(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.reshape(tensor.shape[0], -1).sum(1)
-
-
 def gradient_distance(produced: dict[str, torch.Tensor], observed: dict[str, torch.Tensor],
                       layer_weights: Sequence[float], objective: str,
                       support_only: bool = False) -> torch.Tensor:
