@@ -492,8 +492,7 @@ class StackedProgram:
             probabilities = self.all.probabilities[trial]
         names = setup.names
         with torch.enable_grad():
-            output = self.single(candidate)
-            loss = -(probabilities * output.log_softmax(-1)).sum(-1).mean()
+            loss = _soft_cross_entropy(self.single(candidate), probabilities)
             grads = torch.autograd.grad(loss, [self.plain[n] for n in names], create_graph=True)
             produced = {n: g.unsqueeze(0) for n, g in zip(names, grads, strict=True)}
             target = {n: self.all.target[n][trial:trial + 1] for n in names}
