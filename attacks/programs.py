@@ -408,6 +408,7 @@ class StackedProgram:
             self.single = copy.deepcopy(functional)
             self.plain = {n: q.requires_grad_(True) for n, q in self.single.named_parameters()}
             self.plain_buffers = dict(self.single.named_buffers())
+            self.loaded: int | None = None   # the trial whose weights the plain copy holds
 
     def _logits(self, weights: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],
                 images: torch.Tensor) -> torch.Tensor:
@@ -475,11 +476,13 @@ class StackedProgram:
         """Gradients, total and matching (each with a leading 1) of the one trial ``trial``."""
         setup = self.setup
         assert self.plain is not None
-        with torch.no_grad():
-            for name, parameter in self.plain.items():
-                parameter.copy_(self.all.weights[name][trial])
-            for name, buffer in self.plain_buffers.items():
-                buffer.copy_(self.all.buffers[name][trial])
+        if self.loaded != trial:  # a trial's weights never change: copy them in once per switch
+            with torch.no_grad():
+                for name, parameter in self.plain.items():
+                    parameter.copy_(self.all.weights[name][trial])
+                for name, buffer in self.plain_buffers.items():
+                    buffer.copy_(self.all.buffers[name][trial])
+            self.loaded = trial
         candidate = images.detach()[trial].requires_grad_(True)          # (B, C, H, W)
         inputs = [candidate]
         if setup.joint_labels:
