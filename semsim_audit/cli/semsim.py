@@ -35,8 +35,8 @@ def train(
     out: Annotated[Path, typer.Option(help="checkpoint file to write (.safetensors)")],
     head: Annotated[str | None, typer.Option(
         help="'stats' (projection head on feature statistics; the default), 'stats-layout' (the same, "
-             "statistics that also see layout and sharpness: the shipped default checkpoint's) or 'none' "
-             "(the released model)")] = None,
+             "statistics that also see layout and sharpness), 'stats-early' (those of the stem and first "
+             "two stages only: the shipped default checkpoint's) or 'none' (the released model)")] = None,
     trainable: Annotated[str | None, typer.Option(
         help="'head' (frozen backbone; the default) or 'all' (the whole network, as released)")] = None,
     loss: Annotated[str | None, typer.Option(

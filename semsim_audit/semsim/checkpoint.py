@@ -10,8 +10,9 @@ Fields added without a format version change (a checkpoint written before them l
 unchanged; an older reader ignores them):
 
 * ``head``: ``"none"`` for the released model, whose pooled feature is the embedding, ``"stats"`` for
-  the projection head on feature statistics, or ``"stats-layout"`` for that head on statistics that also
-  see layout and sharpness (:class:`~semsim_audit.semsim.model.SemSimNet`); absent means ``"none"``.
+  the projection head on feature statistics, ``"stats-layout"`` for that head on statistics that also
+  see layout and sharpness, or ``"stats-early"`` for the latter on the stem and first two stages only
+  (:class:`~semsim_audit.semsim.model.SemSimNet`); absent means ``"none"``.
 * ``calibration``: what the threshold was calibrated on (``set``, ``identities``, ``pairs``) and the
   balanced accuracy it reached there (``balanced_accuracy``).
 * ``borderline_band``: ``[low, high]`` around the threshold, calibrated on the same pairs: outside it at

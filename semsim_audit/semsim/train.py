@@ -130,8 +130,8 @@ class TrainConfig:
         self._check_choices()
         head_only = self.trainable == "head"
         if head_only and self.head not in STATS_HEADS:
-            raise ValueError("trainable='head' needs head='stats' or 'stats-layout': the released model has "
-                             "no head to train alone; use trainable='all'")
+            raise ValueError(f"trainable='head' needs one of the stats heads ({', '.join(STATS_HEADS)}): the "
+                             f"released model has no head to train alone; use trainable='all'")
         if head_only and self.freeze_epochs:
             raise ValueError(f"freeze_epochs={self.freeze_epochs} needs trainable='all': with "
                              f"trainable='head' the backbone is frozen throughout")

@@ -128,7 +128,7 @@ def test_missing_file_is_named(tmp_path: Path) -> None:
         SemSim.load(tmp_path / "nowhere.safetensors")
 
 
-@pytest.mark.parametrize("head", ["stats", "stats-layout"])
+@pytest.mark.parametrize("head", ["stats", "stats-layout", "stats-early"])
 def test_a_stats_head_checkpoint_round_trips_with_its_standardisation(tmp_path: Path, head: str) -> None:
     torch.manual_seed(2)
     model = SemSimNet(width=4, head=head).eval()  # type: ignore[arg-type]

@@ -46,3 +46,20 @@ def test_layout_statistics_see_a_shuffle_not_a_flip() -> None:
     flip_change = (flipped - own).norm(dim=1)
     shuffle_change = (shuffled - own).norm(dim=1)
     assert bool((shuffle_change > 3 * flip_change).all()), (flip_change, shuffle_change)
+
+
+def test_the_early_head_reads_the_layout_statistics_of_the_stem_and_two_stages() -> None:
+    torch.manual_seed(0)
+    early = SemSimNet(width=4, head="stats-early").eval()
+    layout = SemSimNet(width=4, head="stats-layout").eval()
+    layout.backbone.load_state_dict(early.backbone.state_dict())
+    images = _photos()
+    with torch.no_grad():
+        features, full = early.statistics(images), layout.statistics(images)
+    # Channels: stem 4, stages 4, 8, 16, 32. The layout head's columns: means and spreads of the stem and
+    # each stage (2 x 64), the sharpness, then the half-means (2 x 64); the early head keeps the stem's and
+    # the first two stages' (16 channels) of both, and the sharpness.
+    sharp = 2 * len(SHARPNESS_SCALES)
+    kept = [*range(0, 32), *range(128, 128 + sharp), *range(128 + sharp, 128 + sharp + 32)]
+    assert features.shape == (16, early.statistics_dim) == (16, len(kept))
+    torch.testing.assert_close(features, full[:, kept])

@@ -172,7 +172,7 @@ def test_head_training_resumes_to_the_same_weights(annotation_folder: Path, tmp_
 
 
 @pytest.mark.parametrize(("options", "message"), [
-    ({"head": "none"}, "trainable='head' needs head='stats'"),
+    ({"head": "none"}, "trainable='head' needs one of the stats heads (stats, stats-layout, stats-early)"),
     ({"freeze_epochs": 2}, "freeze_epochs=2 needs trainable='all'"),
     ({"augment": "strong"}, "augment='strong' needs trainable='all'"),
     ({"loss": "hinge"}, "loss must be one of pairs, triplet"),

@@ -134,7 +134,7 @@ def test_cli_takes_the_new_options(simulated_folder: Path, start_checkpoint: Pat
     assert bad.exit_code == 2 and "augment" in bad.output
     contradictory = CliRunner().invoke(app, ["semsim", "train", "--data", str(simulated_folder), "--out",
                                              str(tmp_path / "bad.safetensors"), "--head", "none"])
-    assert contradictory.exit_code == 2 and "needs head='stats'" in contradictory.output
+    assert contradictory.exit_code == 2 and "needs one of the stats heads" in contradictory.output
     assert not (tmp_path / "bad.safetensors").exists()
 
 
