@@ -19,7 +19,13 @@ the checkpoint's borderline band around it is a call the validation labels disag
 
 from semsim_audit.semsim.checkpoint import CheckpointMetadata, load_checkpoint, save_checkpoint
 from semsim_audit.semsim.model import SemSimNet
-from semsim_audit.semsim.scorer import DEFAULT_CHECKPOINT, PROXY_V1_CHECKPOINT, PROXY_V2_CHECKPOINT, SemSim
+from semsim_audit.semsim.scorer import (
+    DEFAULT_CHECKPOINT,
+    PROXY_V1_CHECKPOINT,
+    PROXY_V2_CHECKPOINT,
+    PROXY_V3_CHECKPOINT,
+    SemSim,
+)
 
 __all__ = ["SemSim", "SemSimNet", "CheckpointMetadata", "load_checkpoint", "save_checkpoint",
-           "DEFAULT_CHECKPOINT", "PROXY_V1_CHECKPOINT", "PROXY_V2_CHECKPOINT"]
+           "DEFAULT_CHECKPOINT", "PROXY_V1_CHECKPOINT", "PROXY_V2_CHECKPOINT", "PROXY_V3_CHECKPOINT"]

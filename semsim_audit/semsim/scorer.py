@@ -11,14 +11,16 @@ from semsim_audit.core import select_device
 from semsim_audit.semsim.checkpoint import CheckpointMetadata, load_checkpoint
 from semsim_audit.semsim.model import SemSimNet
 
-__all__ = ["SemSim", "DEFAULT_CHECKPOINT", "PROXY_V1_CHECKPOINT", "PROXY_V2_CHECKPOINT"]
+__all__ = ["SemSim", "DEFAULT_CHECKPOINT", "PROXY_V1_CHECKPOINT", "PROXY_V2_CHECKPOINT",
+           "PROXY_V3_CHECKPOINT"]
 
 _CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
-# The layout-and-sharpness stats head on the proxy mix with real attack outputs
-# (semsim_audit.semsim.default_checkpoint).
-DEFAULT_CHECKPOINT = _CHECKPOINTS / "semsim-proxy-v3.safetensors"
-# The defaults before it, kept to compare against and to load: the plain stats head on the same kind of
-# mix (v2), and the released recipe on proxy annotations (v1).
+# The layout-and-sharpness stats head on the stem and first two stages, trained on the proxy mix with real
+# attack outputs (semsim_audit.semsim.default_checkpoint).
+DEFAULT_CHECKPOINT = _CHECKPOINTS / "semsim-proxy-v4.safetensors"
+# The defaults before it, kept to compare against and to load: the same head on all four stages (v3), the
+# plain stats head on the same kind of mix (v2), and the released recipe on proxy annotations (v1).
+PROXY_V3_CHECKPOINT = _CHECKPOINTS / "semsim-proxy-v3.safetensors"
 PROXY_V2_CHECKPOINT = _CHECKPOINTS / "semsim-proxy-v2.safetensors"
 PROXY_V1_CHECKPOINT = _CHECKPOINTS / "semsim-proxy.safetensors"
 

@@ -52,7 +52,7 @@ def test_default_checkpoint_is_proxy_small_calibrated_and_documented() -> None:
     assert DEFAULT_CHECKPOINT.stat().st_size <= 25 * 1024 * 1024
     assert sem.info["annotator"] == "proxy" and sem.info["default"] is True
     assert "proxy annotations" in sem.info["data"] and "real attack outputs" in sem.info["data"]
-    assert sem.metadata.head == "stats-layout"
+    assert sem.metadata.head == "stats-early"
     low, high = sem.borderline_band  # type: ignore[misc]
     assert low <= sem.threshold <= high
     assert "validation identities" in sem.calibration["set"] and sem.calibration["balanced_accuracy"] >= 0.8
