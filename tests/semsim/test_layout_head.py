@@ -7,11 +7,20 @@ import torch
 
 from semsim_audit.data import load_dataset
 from semsim_audit.semsim.artefacts import adjust_contrast, blur, shuffle_patches
-from semsim_audit.semsim.model import SHARPNESS_SCALES, SemSimNet, sharpness
+from semsim_audit.semsim.model import SHARPNESS_SCALES, Head, SemSimNet, sharpness
 
 
 def _photos() -> torch.Tensor:
     return load_dataset("photos", train=False).pixels[:16]
+
+
+def _sharing_one_backbone(head: Head, other: Head) -> tuple[SemSimNet, SemSimNet]:
+    """Two width-4 networks with these heads on the same seeded random backbone, in eval mode."""
+    torch.manual_seed(0)
+    first = SemSimNet(width=4, head=head).eval()
+    second = SemSimNet(width=4, head=other).eval()
+    second.backbone.load_state_dict(first.backbone.state_dict())
+    return first, second
 
 
 def test_blur_lowers_sharpness_and_contrast_leaves_it() -> None:
@@ -26,10 +35,7 @@ def test_blur_lowers_sharpness_and_contrast_leaves_it() -> None:
 
 
 def test_layout_statistics_see_a_shuffle_not_a_flip() -> None:
-    torch.manual_seed(0)
-    model = SemSimNet(width=4, head="stats-layout").eval()
-    plain = SemSimNet(width=4, head="stats").eval()
-    plain.backbone.load_state_dict(model.backbone.state_dict())
+    model, plain = _sharing_one_backbone("stats-layout", "stats")
     images = _photos()
     with torch.no_grad():
         features = model.statistics(images)
@@ -49,10 +55,7 @@ def test_layout_statistics_see_a_shuffle_not_a_flip() -> None:
 
 
 def test_the_early_head_reads_the_layout_statistics_of_the_stem_and_two_stages() -> None:
-    torch.manual_seed(0)
-    early = SemSimNet(width=4, head="stats-early").eval()
-    layout = SemSimNet(width=4, head="stats-layout").eval()
-    layout.backbone.load_state_dict(early.backbone.state_dict())
+    early, layout = _sharing_one_backbone("stats-early", "stats-layout")
     images = _photos()
     with torch.no_grad():
         features, full = early.statistics(images), layout.statistics(images)
