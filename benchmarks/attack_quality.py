@@ -11,6 +11,7 @@ gives throughput in trial-iterations per second for Inverting Gradients on the L
     python benchmarks/attack_quality.py                      # every case (tens of minutes on 2 CPU cores)
     python benchmarks/attack_quality.py --cases dlg-lenet    # one case
     python benchmarks/attack_quality.py --quick              # tiny budgets: checks that everything runs
+    python benchmarks/attack_quality.py --cases dlg-lenet --repeats 3   # wall time over 3 interleaved runs
 
 breaching is installed for the benchmark only: ``pip install breaching==0.1.2 hydra-core lpips``;
 without it the breaching columns say "not installed".
@@ -283,6 +284,47 @@ def print_throughput(rows: list[dict[str, Any]], iterations: int) -> None:
               f"{format_value(row['ratio'], '.1f')}x |")
 
 
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def print_wall_times(runs: list[list[dict[str, Any]]]) -> None:
+    """Each case's seconds in every repeat (ours, then the reference, in turn) and the ratio's median.
+
+    This machine's speed drifts by a third within a day, so one run's ratio is partly luck; runs that
+    alternate between the two sides see the same drift.
+    """
+    print(f"\nWall time over {len(runs)} interleaved runs (ours, then the reference, in turn)")
+    print("| case | seconds ours | seconds reference | ours / reference | median ratio |")
+    print("|---|---|---|---|---|")
+    for index, first in enumerate(runs[0]):
+        rows = [run[index] for run in runs]
+        ours = [row["ours"].seconds for row in rows]
+        if any(row["reference"] is None for row in rows):
+            theirs, ratios = ["n/a"] * len(rows), []
+        else:
+            seconds = [row["reference"].seconds for row in rows]
+            theirs = [f"{value:.1f}" for value in seconds]
+            ratios = [mine / other for mine, other in zip(ours, seconds, strict=True)]
+        print(f"| {first['case'].name} | {', '.join(f'{value:.1f}' for value in ours)} | {', '.join(theirs)}"
+              f" | {', '.join(f'{ratio:.2f}' for ratio in ratios) or 'n/a'}"
+              f" | {format_value(_median(ratios) if ratios else None, '.2f')} |")
+
+
+def _same_results(runs: list[list[dict[str, Any]]]) -> list[str]:
+    """Cases whose scores changed between repeats (the attacks are seeded: they should not)."""
+    changed = []
+    for index, first in enumerate(runs[0]):
+        for run in runs[1:]:
+            for side in ("ours", "reference"):
+                a, b = first[side], run[index][side]
+                if (a is None) != (b is None) or (a is not None and (a.psnr, a.ssim) != (b.psnr, b.ssim)):
+                    changed.append(f"{first['case'].name} ({side})")
+    return sorted(set(changed))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default="all", help="comma-separated case names, or 'all' / 'none'")
@@ -297,7 +339,12 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one of our AttackConfig settings in every case (e.g. tv_weight=0.2)")
     parser.add_argument("--no-reference", action="store_true", help="run only our attacks")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="run the cases this many times, ours and the reference in turn; a wall-time "
+                             "table then gives every run's seconds and the median ratio")
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
     overrides: dict[str, Any] = {}
     for item in args.set:
         key, _, value = item.partition("=")
@@ -318,14 +365,24 @@ def main() -> None:
     semsim = SemSim.load(args.semsim, device=device)
     print(f"device {device}, torch threads {torch.get_num_threads()}, breaching "
           f"{'installed' if breaching_available() else 'not installed'}")
-    rows = []
-    for case in (c for c in CASES if c.name in names):
-        case = replace(case, overrides={**case.overrides, **overrides})
-        rows.append(run_case(case, semsim, quick=args.quick, device=device,
-                             with_reference=not args.no_reference))
-        print(f"  {case.name}: done", flush=True)
-    if rows:
-        print_quality(rows)
+    runs: list[list[dict[str, Any]]] = []
+    for repeat in range(args.repeats):
+        rows = []
+        for case in (c for c in CASES if c.name in names):
+            case = replace(case, overrides={**case.overrides, **overrides})
+            rows.append(run_case(case, semsim, quick=args.quick, device=device,
+                                 with_reference=not args.no_reference))
+            suffix = f" (run {repeat + 1} of {args.repeats})" if args.repeats > 1 else ""
+            print(f"  {case.name}: done{suffix}", flush=True)
+        runs.append(rows)
+    if runs and runs[0]:
+        print_quality(runs[0])
+        if args.repeats > 1:
+            print_wall_times(runs)
+            changed = _same_results(runs)
+            if changed:
+                print(f"scores differ between runs for: {', '.join(changed)} "
+                      "(the quality table is the first run's)")
     if args.throughput:
         ks = [int(k) for k in args.throughput.split(",")]
         iterations = 2 if args.quick else args.throughput_iterations

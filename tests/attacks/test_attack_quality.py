@@ -33,3 +33,25 @@ def test_inverting_gradients_is_not_below_breachings_recorded_figure() -> None:
     row = quality.run_case(case, SemSim.load(device="cpu"), quick=False, device=torch.device("cpu"),
                            with_reference=False)
     assert row["ours"].psnr >= BREACHING_IG_LENET_PSNR - 1.0, row["ours"]
+
+
+def _row(quality, case, ours: tuple[float, float], reference: tuple[float, float] | None) -> dict:
+    def scores(psnr: float, seconds: float):
+        return quality.Scores(psnr=psnr, ssim=0.5, semsim=None, label_accuracy=1.0, seconds=seconds)
+
+    return {"case": case, "ours": scores(*ours), "reference": scores(*reference) if reference else None}
+
+
+def test_repeated_runs_report_every_ratio_their_median_and_changed_scores(capsys) -> None:
+    quality = _attack_quality()
+    case = quality.CASES[0]
+    runs = [[_row(quality, case, (50.0, 40.0), (51.0, 100.0))],
+            [_row(quality, case, (50.0, 60.0), (51.0, 100.0))],
+            [_row(quality, case, (50.0, 30.0), (51.0, 50.0))]]
+    quality.print_wall_times(runs)
+    line = [text for text in capsys.readouterr().out.splitlines() if text.startswith(f"| {case.name}")][0]
+    assert line == f"| {case.name} | 40.0, 60.0, 30.0 | 100.0, 100.0, 50.0 | 0.40, 0.60, 0.60 | 0.60 |"
+    assert quality._same_results(runs) == []
+    runs[2][0]["ours"].psnr = 49.0
+    assert quality._same_results(runs) == [f"{case.name} (ours)"]
+    assert quality._median([0.4, 0.6]) == pytest.approx(0.5)
