@@ -16,8 +16,8 @@ __all__ = ["gradient_distance", "total_variation", "l2_prior", "batchnorm_prior"
 _NORM_FLOOR = 1e-30
 # Parameters per trial from which the layers are reduced one by one instead of as one concatenated
 # row. The row costs a copy of every gradient and full-size temporaries. Measured on a 2-core CPU
-# (objective and its backward): ResNet-18's 11M parameters take 2.2-2.4x as long as one row as layer
-# by layer, at 1 or 2 trials; a ConvNet of width 64 (1M) and the LeNet (16k) are as fast or faster
+# (objective and its backward): ResNet-18's 11M parameters take 2.4-3.6x as long as one row as layer by
+# layer, at 1 or 2 trials; a ConvNet of width 64 (1M) and the LeNet (16k) are as fast or faster
 # as one row (a few large operations instead of a few per layer), at 2 or 8 trials. The limit sits
 # between the two measured sizes.
 ROW_LIMIT = 1 << 22
@@ -65,25 +65,25 @@ def _layer_by_layer(produced: dict[str, torch.Tensor], observed: dict[str, torch
                     layer_weights: Sequence[float], objective: str, support_only: bool) -> torch.Tensor:
     """:func:`gradient_distance` summed over layers, each reduced on its own (large models).
 
-    The same sums as the concatenated row, without copying the gradients into it; a dot product is
-    a batched matrix product, which forms no elementwise temporary.
+    The same sums as the concatenated row, without copying the gradients into it; each layer's
+    temporaries are that layer's size.
     """
+    if objective not in ("l2", "cosine"):
+        raise ValueError(f"unknown objective {objective!r}; use 'l2' or 'cosine'")
     trials = observed[names[0]].shape[0]
     dot = squares = observed_squares = produced[names[0]].new_zeros(trials)
     for name, weight in zip(names, layer_weights, strict=True):
-        mine = produced[name].reshape(trials, 1, -1)
-        theirs = observed[name].reshape(trials, -1, 1)
+        mine = produced[name].reshape(trials, -1)
+        theirs = observed[name].reshape(trials, -1)
         if support_only:
-            mine = mine * (theirs != 0).transpose(1, 2)
+            mine = mine * (theirs != 0)
         if objective == "l2":
-            difference = mine - theirs.transpose(1, 2)
-            squares = squares + weight * difference.pow(2).sum((1, 2))
-        elif objective == "cosine":
-            dot = dot + weight * torch.bmm(mine, theirs).view(trials)
-            squares = squares + weight * mine.pow(2).sum((1, 2))
-            observed_squares = observed_squares + weight * theirs.pow(2).sum((1, 2))
+            difference = mine - theirs
+            squares = squares + weight * (difference * difference).sum(1)
         else:
-            raise ValueError(f"unknown objective {objective!r}; use 'l2' or 'cosine'")
+            dot = dot + weight * (mine * theirs).sum(1)
+            squares = squares + weight * (mine * mine).sum(1)
+            observed_squares = observed_squares + weight * (theirs * theirs).sum(1)
     if objective == "l2":
         return squares
     return 1.0 - dot / ((squares + _NORM_FLOOR).sqrt() * (observed_squares + _NORM_FLOOR).sqrt())
