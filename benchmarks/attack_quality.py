@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -284,12 +285,6 @@ def print_throughput(rows: list[dict[str, Any]], iterations: int) -> None:
               f"{format_value(row['ratio'], '.1f')}x |")
 
 
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
-
-
 def print_wall_times(runs: list[list[dict[str, Any]]]) -> None:
     """Each case's seconds in every repeat (ours, then the reference, in turn) and the ratio's median.
 
@@ -310,7 +305,7 @@ def print_wall_times(runs: list[list[dict[str, Any]]]) -> None:
             ratios = [mine / other for mine, other in zip(ours, seconds, strict=True)]
         print(f"| {first['case'].name} | {', '.join(f'{value:.1f}' for value in ours)} | {', '.join(theirs)}"
               f" | {', '.join(f'{ratio:.2f}' for ratio in ratios) or 'n/a'}"
-              f" | {format_value(_median(ratios) if ratios else None, '.2f')} |")
+              f" | {format_value(statistics.median(ratios) if ratios else None, '.2f')} |")
 
 
 def _same_results(runs: list[list[dict[str, Any]]]) -> list[str]:

@@ -54,4 +54,3 @@ def test_repeated_runs_report_every_ratio_their_median_and_changed_scores(capsys
     assert quality._same_results(runs) == []
     runs[2][0]["ours"].psnr = 49.0
     assert quality._same_results(runs) == [f"{case.name} (ours)"]
-    assert quality._median([0.4, 0.6]) == pytest.approx(0.5)
