@@ -54,3 +54,18 @@ def test_repeated_runs_report_every_ratio_their_median_and_changed_scores(capsys
     assert quality._same_results(runs) == []
     runs[2][0]["ours"].psnr = 49.0
     assert quality._same_results(runs) == [f"{case.name} (ours)"]
+
+
+def test_the_lbfgs_phase_table_accounts_for_the_whole_run() -> None:
+    # benchmarks/lbfgs_phases.py at two iterations: every phase it times, and the rest, add up to the run.
+    import subprocess
+
+    completed = subprocess.run([sys.executable, str(BENCHMARKS / "lbfgs_phases.py"), "--iterations", "2"],
+                               capture_output=True, text=True, timeout=300, check=True)
+    lines = completed.stdout.splitlines()
+    total = float(lines[0].rsplit(", ", 1)[1].removesuffix(" s"))
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in lines if line.startswith("| ")}
+    assert {"evaluations, several trials", "directions, several trials",
+            "line search, bookkeeping, the rest"} <= set(rows)
+    timed = sum(float(row[2]) for row in rows.values() if row[2] != "seconds")
+    assert timed == pytest.approx(total, abs=0.25)
